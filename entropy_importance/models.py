@@ -1,0 +1,76 @@
+"""Building models by name and the per-model configuration Torch-Pruning needs (heads, classifiers)."""
+
+from __future__ import annotations
+
+import torch.nn as nn
+
+__all__ = ["create_model", "classifier_layers", "attention_num_heads", "sync_attention_heads"]
+
+
+def create_model(spec: str, num_classes: int | None = None) -> nn.Module:
+    """Build ``timm:NAME`` or ``torchvision:NAME`` with random weights (nothing is downloaded).
+
+    Raises:
+        ValueError: unknown source or model name.
+    """
+    source, _, name = spec.partition(":")
+    kwargs = {} if num_classes is None else {"num_classes": num_classes}
+    if source == "timm":
+        import timm
+
+        if name not in timm.list_models():
+            raise ValueError(f"unknown timm model {name!r}; see timm.list_models()")
+        return timm.create_model(name, pretrained=False, **kwargs)
+    if source == "torchvision":
+        import torchvision
+
+        try:
+            builder = torchvision.models.get_model_builder(name)
+        except ValueError:
+            raise ValueError(f"unknown torchvision model {name!r}; see torchvision.models.list_models()") from None
+        if name.startswith(("ssd", "fasterrcnn", "retinanet", "fcos", "maskrcnn", "keypointrcnn")):
+            kwargs.setdefault("weights_backbone", None)
+        return builder(weights=None, **kwargs)
+    raise ValueError(f"model spec must look like 'timm:NAME' or 'torchvision:NAME' or be a file, got {spec!r}")
+
+
+def classifier_layers(model: nn.Module) -> list[nn.Module]:
+    """The layers whose output width is fixed by the task: timm's ``get_classifier()``, else torchvision's
+    ``fc`` / ``classifier`` / ``head`` / ``heads``, else the last ``nn.Linear``."""
+    get_classifier = getattr(model, "get_classifier", None)
+    if callable(get_classifier):
+        head = get_classifier()
+        if isinstance(head, nn.Module) and any(True for _ in head.parameters()):
+            return [head]
+    for attr in ("fc", "classifier", "head", "heads"):
+        head = getattr(model, attr, None)
+        if isinstance(head, nn.Module):
+            return [head]
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    return linears[-1:]
+
+
+def _attention_modules(model: nn.Module):
+    for module in model.modules():
+        qkv = getattr(module, "qkv", None)
+        if isinstance(qkv, nn.Linear) and isinstance(getattr(module, "num_heads", None), int):
+            yield module, qkv
+
+
+def attention_num_heads(model: nn.Module) -> dict[nn.Module, int]:
+    """``{qkv_linear: num_heads}`` for every fused-qkv attention block (timm ViT/DeiT/EVA style), the
+    ``num_heads=`` argument of Torch-Pruning's pruners."""
+    return {qkv: module.num_heads for module, qkv in _attention_modules(model)}
+
+
+def sync_attention_heads(model: nn.Module) -> None:
+    """After pruning head dimensions, make ``head_dim`` / ``attn_dim`` agree with the pruned ``qkv`` width.
+
+    ``scale`` is left as trained (the unfused path keeps the original softmax temperature).
+    """
+    for module, qkv in _attention_modules(model):
+        head_dim = qkv.out_features // (3 * module.num_heads)
+        if hasattr(module, "head_dim"):
+            module.head_dim = head_dim
+        if hasattr(module, "attn_dim"):
+            module.attn_dim = head_dim * module.num_heads

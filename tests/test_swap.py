@@ -1,0 +1,94 @@
+"""The one-line swap: ``importance=create_importance(name)`` in an existing Torch-Pruning pipeline."""
+
+import pytest
+import timm
+import torch
+import torch_pruning as tp
+
+from entropy_importance import create_importance, list_importances
+from entropy_importance.models import attention_num_heads, classifier_layers, create_model, sync_attention_heads
+
+DATA_FREE = list_importances(source="entropy-importance")
+MODELS = [
+    "torchvision:resnet18",
+    "torchvision:mobilenet_v2",
+    "torchvision:densenet121",
+    "torchvision:vgg16_bn",
+    "timm:resnet18",
+    "timm:convnext_atto",
+    "timm:efficientnet_b0",
+    "timm:vit_tiny_patch16_224",
+]
+SIZE = 64
+
+
+def _build(spec):
+    torch.manual_seed(0)
+    if spec == "timm:vit_tiny_patch16_224":
+        model = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=SIZE, num_classes=10)
+    else:
+        model = create_model(spec, num_classes=10)
+    ignored = classifier_layers(model)
+    if spec == "torchvision:vgg16_bn":
+        ignored = [model.classifier]  # the whole 25088-4096-4096 MLP, as in the HRank/CHIP VGG layout
+    return model.eval(), ignored
+
+
+def _params(model):
+    return sum(p.numel() for p in model.parameters())
+
+
+def _prune_and_check(spec, name, **pruner_kwargs):
+    model, ignored = _build(spec)
+    x = torch.randn(2, 3, SIZE, SIZE)
+    shape = model(x).shape
+    before = _params(model)
+    pruner = tp.pruner.MetaPruner(
+        model, x, importance=create_importance(name), ignored_layers=ignored,
+        num_heads=attention_num_heads(model), **{"pruning_ratio": 0.5, **pruner_kwargs},
+    )
+    for _ in range(pruner.iterative_steps):
+        pruner.step()
+        sync_attention_heads(model)
+    with torch.no_grad():
+        out = model(x)
+    assert out.shape == shape
+    assert torch.isfinite(out).all()
+    assert _params(model) < before
+    return model
+
+
+@pytest.mark.parametrize("name", DATA_FREE)
+@pytest.mark.parametrize("spec", MODELS)
+def test_one_line_swap(spec, name):
+    _prune_and_check(spec, name)
+
+
+@pytest.mark.parametrize("name", DATA_FREE)
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"global_pruning": True}, {"iterative_steps": 3}, {"round_to": 8}],
+    ids=["global", "iterative3", "round_to8"],
+)
+@pytest.mark.parametrize("spec", ["timm:resnet18", "torchvision:mobilenet_v2"])
+def test_pruner_options(spec, name, kwargs):
+    model = _prune_and_check(spec, name, **kwargs)
+    if "round_to" in kwargs:
+        for m in model.modules():
+            if isinstance(m, torch.nn.Conv2d) and m.groups == 1 and m.out_channels > 8 and m not in _build(spec)[1]:
+                assert m.out_channels % 8 == 0, m
+
+
+@pytest.mark.parametrize("name", DATA_FREE)
+def test_pruning_ratio_dict(name):
+    model, ignored = _build("timm:resnet18")
+    x = torch.randn(1, 3, SIZE, SIZE)
+    pruner = tp.pruner.MetaPruner(
+        model, x, importance=create_importance(name), ignored_layers=ignored, pruning_ratio=0.0,
+        pruning_ratio_dict={model.layer1: 0.5},
+    )
+    width_l2 = model.layer2[0].conv1.out_channels
+    pruner.step()
+    assert model.layer1[0].conv1.out_channels == 32
+    assert model.layer2[0].conv1.out_channels == width_l2
+    assert model(x).shape == (1, 10)
