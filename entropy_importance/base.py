@@ -93,7 +93,9 @@ class ChannelScoreImportance(tp.importance.GroupMagnitudeImportance):
             return None
         order = sorted(range(len(scores)), key=lambda i: scores[i].numel() != n_root)
         if scores[order[0]].numel() != n_root:
-            warnings.warn(f"{type(self).__name__}: no scorable layer spans the whole group; group skipped")
+            warnings.warn(
+                f"{type(self).__name__}: no scorable layer spans the whole group; group skipped", stacklevel=2
+            )
             return None
         scores = [scores[i] for i in order]
         norms = [norms[i] for i in order]

@@ -7,14 +7,16 @@ import torch.nn as nn
 __all__ = ["create_model", "classifier_layers", "attention_num_heads", "sync_attention_heads"]
 
 
-def create_model(spec: str, num_classes: int | None = None) -> nn.Module:
+def create_model(spec: str, num_classes: int | None = None, **model_kwargs) -> nn.Module:
     """Build ``timm:NAME`` or ``torchvision:NAME`` with random weights (nothing is downloaded).
+
+    ``model_kwargs`` go to the model's constructor (e.g. ``img_size=64`` for a timm ViT).
 
     Raises:
         ValueError: unknown source or model name.
     """
     source, _, name = spec.partition(":")
-    kwargs = {} if num_classes is None else {"num_classes": num_classes}
+    kwargs = dict(model_kwargs) if num_classes is None else {**model_kwargs, "num_classes": num_classes}
     if source == "timm":
         import timm
 

@@ -1,0 +1,258 @@
+"""``entropy-prune``: prune a timm / torchvision model (or a saved pruned model) with one criterion."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import torch
+import torch_pruning as tp
+from tqdm import tqdm
+
+from . import __version__
+from .counting import count_macs, count_params, stage_widths
+from .models import attention_num_heads, classifier_layers, create_model, sync_attention_heads
+from .registry import create_importance, get_importance_info, list_importances
+from .serialization import PrunedModelRecord, _rebuild, load_record, save_pruned
+
+DEFAULT_MODEL = "timm:resnet18"
+DEFAULT_CRITERION = "channel-similarity-entropy"
+
+
+class CLIError(Exception):
+    """A bad input: printed as one line, exit status 2."""
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="entropy-prune",
+        description="Prune a model's channels with an entropy criterion through Torch-Pruning's dependency graph.",
+    )
+    p.add_argument("model", nargs="?", default=DEFAULT_MODEL,
+                   help=f"timm:NAME, torchvision:NAME or a file saved by --out (default {DEFAULT_MODEL})")
+    p.add_argument("--criterion", default=DEFAULT_CRITERION,
+                   help=f"registry name (default {DEFAULT_CRITERION}); --list-criteria shows them")
+    p.add_argument("--ratio", type=float, default=0.5, help="channel pruning ratio in [0, 1) (default 0.5)")
+    p.add_argument("--global-pruning", action="store_true", help="rank channels across layers")
+    p.add_argument("--round-to", type=int, default=None, help="keep channel counts multiples of N")
+    p.add_argument("--input-size", type=int, nargs=3, metavar=("C", "H", "W"), default=None,
+                   help="example input size (default: the model's own, else 3 224 224)")
+    p.add_argument("--num-classes", type=int, default=None, help="classifier width for a new model")
+    p.add_argument("--checkpoint", default=None, help="state_dict to load into the model before pruning")
+    p.add_argument("--out", default=None, help="write the pruned model here (load with load_pruned)")
+    p.add_argument("--json", default=None, help="write the report as JSON here")
+    p.add_argument("--list-criteria", action="store_true", help="list the registered criteria and exit")
+    p.add_argument("--version", action="version", version=f"entropy-importance {__version__}")
+    return p
+
+
+def _check_writable(path: str | None, what: str) -> None:
+    if path is None:
+        return
+    parent = Path(path).resolve().parent
+    if not parent.is_dir():
+        raise CLIError(f"{what} {path}: directory {parent} does not exist")
+    if not os.access(parent, os.W_OK):
+        raise CLIError(f"{what} {path}: directory {parent} is not writable")
+    if Path(path).is_dir():
+        raise CLIError(f"{what} {path} is a directory; give a file name")
+
+
+def _validate(args: argparse.Namespace) -> None:
+    if not 0.0 <= args.ratio < 1.0:
+        raise CLIError(f"--ratio must be in [0, 1), got {args.ratio}")
+    if args.round_to is not None and args.round_to < 1:
+        raise CLIError(f"--round-to must be a positive integer, got {args.round_to}")
+    try:
+        info = get_importance_info(args.criterion)
+    except KeyError as e:
+        raise CLIError(str(e.args[0])) from None
+    if info.needs_data or info.needs_grad:
+        raise CLIError(
+            f"criterion {args.criterion!r} needs calibration data, which this command does not take; "
+            f"use it from Python, or choose a data-free one: {', '.join(_data_free())}"
+        )
+    if args.checkpoint is not None and not Path(args.checkpoint).is_file():
+        raise CLIError(f"--checkpoint {args.checkpoint}: no such file")
+    _check_writable(args.out, "--out")
+    _check_writable(args.json, "--json")
+
+
+def _data_free() -> list[str]:
+    return [n for n in list_importances() if not get_importance_info(n).needs_data]
+
+
+def _load_model(args: argparse.Namespace):
+    """(model, record of what it was built from, whether weights are random)."""
+    if Path(args.model).is_file():
+        try:
+            payload = load_record(args.model)
+        except Exception as e:  # noqa: BLE001 - any unreadable file is the same user error
+            raise CLIError(f"{args.model}: cannot read a saved pruned model ({e})") from None
+        model, record = _rebuild(payload)
+        return model, record, bool(record.meta.get("random_weights", True))
+    if ":" not in args.model:
+        raise CLIError(f"model {args.model!r} is neither a file nor 'timm:NAME' / 'torchvision:NAME'")
+    try:
+        model = create_model(args.model, num_classes=args.num_classes)
+    except ValueError as e:
+        raise CLIError(str(e)) from None
+    size = args.input_size or _default_input_size(model)
+    return model, PrunedModelRecord(args.model, tuple(size), args.num_classes), True
+
+
+def _default_input_size(model) -> tuple[int, int, int]:
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    size = cfg.get("input_size") if isinstance(cfg, dict) else None
+    return tuple(size) if size else (3, 224, 224)
+
+
+def _load_checkpoint(model, path: str) -> None:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001
+        raise CLIError(f"--checkpoint {path}: cannot read ({e})") from None
+    for key in ("state_dict", "model"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()[0]
+        raise CLIError(f"--checkpoint {path} does not fit the model: {first}") from None
+
+
+def _fmt(n: float, unit: str = "") -> str:
+    for div, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "K")):
+        if abs(n) >= div:
+            return f"{n / div:.3f} {suffix}{unit}"
+    return f"{n:.0f} {unit}".strip()
+
+
+def run(args: argparse.Namespace) -> dict:
+    _validate(args)
+    t0 = time.perf_counter()
+    model, record, random_weights = _load_model(args)
+    if args.checkpoint:
+        _load_checkpoint(model, args.checkpoint)
+        random_weights = False
+    if args.input_size:
+        record.input_size = tuple(args.input_size)
+    model.eval()
+    x = torch.randn(1, *record.input_size)
+    importance = create_importance(args.criterion)
+    timings = {}
+    with tqdm(total=4, desc="entropy-prune", unit="stage", file=sys.stderr, disable=None) as bar:
+        bar.set_postfix_str("counting (before)")
+        t = time.perf_counter()
+        with torch.no_grad():
+            out_before = model(x)
+        before = {"params": count_params(model), "macs": count_macs(model, x), "widths": stage_widths(model, x)}
+        timings["count_before_s"] = time.perf_counter() - t
+        bar.update()
+
+        bar.set_postfix_str("building dependency graph")
+        t = time.perf_counter()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            pruner = tp.pruner.MetaPruner(
+                model, x, importance=importance, pruning_ratio=args.ratio, global_pruning=args.global_pruning,
+                round_to=args.round_to, ignored_layers=classifier_layers(model),
+                num_heads=attention_num_heads(model),
+            )
+        timings["graph_s"] = time.perf_counter() - t
+        bar.update()
+
+        bar.set_postfix_str("scoring and pruning")
+        t = time.perf_counter()
+        pruner.step()
+        sync_attention_heads(model)
+        timings["score_and_prune_s"] = time.perf_counter() - t
+        bar.update()
+
+        bar.set_postfix_str("counting (after)")
+        t = time.perf_counter()
+        with torch.no_grad():
+            out_after = model(x)
+        after = {"params": count_params(model), "macs": count_macs(model, x), "widths": stage_widths(model, x)}
+        timings["count_after_s"] = time.perf_counter() - t
+        bar.update()
+    if out_after.shape != out_before.shape:
+        raise RuntimeError(f"output shape changed from {tuple(out_before.shape)} to {tuple(out_after.shape)}")
+
+    record.pruning_history = list(record.pruning_history) + [list(h) for h in pruner.pruning_history()]
+    record.meta = {
+        **record.meta, "random_weights": random_weights, "criterion": args.criterion, "ratio": args.ratio,
+        "global_pruning": args.global_pruning, "entropy_importance": __version__,
+    }
+    if args.out:
+        save_pruned(args.out, model, record)
+    timings["total_s"] = time.perf_counter() - t0
+    report = {
+        "model": args.model, "base_spec": record.spec, "criterion": args.criterion, "ratio": args.ratio,
+        "global_pruning": args.global_pruning, "round_to": args.round_to, "input_size": list(record.input_size),
+        "random_weights": random_weights, "before": before, "after": after, "timings": timings,
+        "out": args.out,
+    }
+    if args.json:
+        _atomic_save_json(report, args.json)
+    return report
+
+
+def _atomic_save_json(report: dict, path: str) -> None:
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(report, f, indent=2)
+    os.replace(tmp, path)
+
+
+def _print_report(r: dict) -> None:
+    b, a = r["before"], r["after"]
+    scope = "global" if r["global_pruning"] else "local"
+    print(f"entropy-importance {__version__}: {r['model']} | criterion {r['criterion']} | "
+          f"ratio {r['ratio']} ({scope}) | input {'x'.join(map(str, r['input_size']))}")
+    if r["random_weights"]:
+        print("note: weights are random (no pretrained weights are downloaded); pass --checkpoint FILE to "
+              "prune trained weights")
+    rows = [("params", b["params"], a["params"]),
+            ("MACs (thop)", b["macs"]["thop"], a["macs"]["thop"]),
+            ("MACs (Torch-Pruning)", b["macs"]["tp"], a["macs"]["tp"])]
+    print(f"{'':22s}{'before':>14s}{'after':>14s}{'after/before':>14s}")
+    for name, x0, x1 in rows:
+        print(f"{name:22s}{_fmt(x0):>14s}{_fmt(x1):>14s}{x1 / x0:>14.3f}")
+    print("MACs: thop counts conv/linear/norm/activation layers; Torch-Pruning's counter also counts pooling "
+          "and is the one its speed-up tables use.")
+    print("widths per stage (before -> after):")
+    for name, w0 in b["widths"].items():
+        print(f"  {name:24s}{w0:>6d} -> {a['widths'].get(name, w0)}")
+    t = r["timings"]
+    print(f"wall time {t['total_s']:.2f} s (graph {t['graph_s']:.2f} s, scoring+pruning "
+          f"{t['score_and_prune_s']:.2f} s, counting {t['count_before_s'] + t['count_after_s']:.2f} s)")
+    if r["out"]:
+        print(f"saved pruned model to {r['out']} (load: entropy_importance.load_pruned({r['out']!r}))")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.list_criteria:
+        for name in list_importances():
+            info = get_importance_info(name)
+            needs = "needs data" if info.needs_data else "data-free"
+            print(f"{name:30s}{needs:12s}{info.paper}")
+        return 0
+    try:
+        report = run(args)
+    except CLIError as e:
+        print(f"entropy-prune: error: {e}", file=sys.stderr)
+        return 2
+    _print_report(report)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
