@@ -4,9 +4,19 @@ from importlib.metadata import PackageNotFoundError, version
 
 from . import estimators
 from .base import ChannelScoreImportance
+from .calibration import (
+    CalibrationError,
+    DataDrivenImportance,
+    NotCalibratedError,
+    StaleStatisticsError,
+)
 from .channel_similarity import ChannelSimilarityEntropyImportance
 from .channels import ChannelView, channel_view
+from .conditional_entropy import ConditionalEntropyImportance
+from .feature_map_entropy import FeatureMapEntropyImportance
+from .gap_entropy import GAPEntropyImportance
 from .information_capacity import InformationCapacityImportance
+from .pruner import EntropyPruner
 from .registry import (
     ImportanceInfo,
     create_importance,
@@ -24,8 +34,16 @@ __all__ = [
     "__version__",
     "estimators",
     "ChannelScoreImportance",
+    "DataDrivenImportance",
     "ChannelSimilarityEntropyImportance",
     "InformationCapacityImportance",
+    "GAPEntropyImportance",
+    "FeatureMapEntropyImportance",
+    "ConditionalEntropyImportance",
+    "EntropyPruner",
+    "CalibrationError",
+    "NotCalibratedError",
+    "StaleStatisticsError",
     "ChannelView",
     "channel_view",
     "ImportanceInfo",

@@ -106,10 +106,10 @@ def _count_rows(cell: Tensor, cells_per_row: int) -> Tensor:
     total = rows * cells_per_row
     offset = torch.arange(rows, device=cell.device, dtype=torch.float32).mul_(cells_per_row).unsqueeze(1)
     if total < 1 << 24:  # float32 holds every id exactly: histc is the fastest counter on CPU and CUDA
-        flat = (cell + offset).add_(0.5).view(-1)
+        flat = (cell + offset).add_(0.5).reshape(-1)
         counts = torch.histc(flat, bins=total, min=0, max=total)
     else:
-        counts = torch.bincount(cell.long().add_(offset.long()).view(-1), minlength=total).float()
+        counts = torch.bincount(cell.long().add_(offset.long()).reshape(-1), minlength=total).float()
     return counts.view(rows, cells_per_row)
 
 

@@ -97,6 +97,9 @@ def create_importance(name_or_class_or_instance: Any, **kwargs: Any) -> tp.impor
 
 def _register_builtins() -> None:
     from .channel_similarity import ChannelSimilarityEntropyImportance
+    from .conditional_entropy import ConditionalEntropyImportance
+    from .feature_map_entropy import FeatureMapEntropyImportance
+    from .gap_entropy import GAPEntropyImportance
     from .information_capacity import InformationCapacityImportance
 
     register_importance(ImportanceInfo(
@@ -108,6 +111,24 @@ def _register_builtins() -> None:
         "information-capacity", InformationCapacityImportance,
         paper="Tang et al., arXiv:2303.03645, IEEE TNNLS 2025",
         description="s_i = minmax(H(hist W_i)) + sigma * minmax(mean_j 1 - |cos(W_i, W_j)|)",
+    ))
+    register_importance(ImportanceInfo(
+        "gap-entropy", GAPEntropyImportance,
+        paper="Luo & Wu, arXiv:1706.05791, 2017",
+        description="H_j = entropy over images of channel j's global-average-pooled response",
+        needs_data=True,
+    ))
+    register_importance(ImportanceInfo(
+        "feature-map-entropy", FeatureMapEntropyImportance,
+        paper="Li et al., ICANN 2019 (EFP)",
+        description="s_j = mean over images of the spatial histogram entropy of feature map j",
+        needs_data=True,
+    ))
+    register_importance(ImportanceInfo(
+        "conditional-entropy", ConditionalEntropyImportance,
+        paper="Min et al., arXiv:1809.02220, 2018 (2PFPCE)",
+        description="s_j = I(Y; Z_j) = H(Y) - H(Y | Z_j), Z_j the binned GAP response, Y the label",
+        needs_data=True, needs_labels=True,
     ))
 
     imp = tp.importance

@@ -1,0 +1,42 @@
+"""Feature-map entropy (EFP, Li et al. 2019): mean spatial entropy of each feature map over images."""
+
+from __future__ import annotations
+
+from torch import Tensor
+
+from .calibration import DataDrivenImportance
+from .statistics import MapEntropySum
+
+__all__ = ["FeatureMapEntropyImportance"]
+
+
+class FeatureMapEntropyImportance(DataDrivenImportance):
+    """Feature-map entropy (EFP), Li, Wang, Peng, Kumar, Yin, "Using Feature Entropy to Guide Filter Pruning
+    for Efficient Convolutional Networks", ICANN 2019.
+
+    For image ``x`` and channel ``j`` the ``H x W`` values of the map ``A_j(x)`` are put in ``m`` equal-width bins,
+    ``H_j(x) = -sum_b p_b(x) log p_b(x)``, and the score is ``s_j = (1/n) sum_x H_j(x)``. Only the running sum and
+    the image count are kept (streamed; merged across ranks by summing).
+
+    Inferred choices ([I], methods.md section 2): the bin range is the image's range over the *whole layer*
+    (``bin_range="layer"``), so that an almost-flat map gets low entropy, which a per-map range
+    (``bin_range="map"``) would hide by stretching it over all bins; ``bins=None`` gives
+    ``clamp(ceil(sqrt(H*W)), 2, 64)`` (8 bins for 8x8 maps, 32 for 32x32); measured at the post-activation input of
+    the consuming layers (``where="input"``). Token inputs of linear layers ``(B, N, C)`` use the ``N`` tokens as
+    positions; a ``(B, C)`` input has one position per map and scores 0.
+    """
+
+    def __init__(self, bins: int | None = None, bin_range: str = "layer", where: str = "input", **kwargs) -> None:
+        super().__init__(where=where, **kwargs)
+        if bins is not None and (not isinstance(bins, int) or bins < 2):
+            raise ValueError(f"bins must be an integer >= 2 or None (automatic), got {bins!r}")
+        if bin_range not in ("layer", "map"):
+            raise ValueError(f"bin_range must be 'layer' or 'map', got {bin_range!r}")
+        self.bins = bins
+        self.bin_range = bin_range
+
+    def new_statistic(self, channels: int) -> MapEntropySum:
+        return MapEntropySum(channels, self.bins, self.bin_range)
+
+    def score_statistic(self, stat: MapEntropySum) -> Tensor:
+        return stat.mean()

@@ -1,0 +1,177 @@
+"""Per-layer activation statistics, streamed over batches and mergeable across ``torch.distributed`` ranks.
+
+Each statistic receives the activation of one layer as ``(batch, channels, positions)`` float32 and keeps
+only a bounded summary:
+
+* :class:`ResponseSamples`: each image's global-average-pooled response per channel (and its label), at most
+  ``max_samples`` images (a seeded reservoir beyond that). Merged across ranks by gathering.
+* :class:`MapEntropySum`: the running sum over images of each feature map's spatial histogram entropy,
+  and the image count. Merged across ranks by summing.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+from .estimators import entropy_from_counts, histogram_counts
+
+__all__ = ["LayerStatistic", "ResponseSamples", "MapEntropySum", "distributed_world"]
+
+
+def distributed_world() -> int:
+    """Number of ranks in the default process group, 1 when none is initialised."""
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+class LayerStatistic:
+    """Interface: ``update(activation, targets)``, ``all_reduce()``, ``channels``, ``num_images``."""
+
+    channels: int
+
+    def update(self, activation: Tensor, targets: Tensor | None) -> None:
+        raise NotImplementedError
+
+    def all_reduce(self) -> None:
+        raise NotImplementedError
+
+    @property
+    def num_images(self) -> int:
+        raise NotImplementedError
+
+
+class ResponseSamples(LayerStatistic):
+    """Global-average-pooled responses ``(images, channels)`` and optional labels, bounded by ``max_samples``.
+
+    Up to ``max_samples`` images every response is kept, so batching does not change the statistics;
+    beyond that a reservoir (uniform over all images seen, seeded) keeps ``max_samples`` of them.
+    Memory: ``max_samples * channels * 4`` bytes per layer.
+    """
+
+    def __init__(self, channels: int, max_samples: int, keep_labels: bool, seed: int = 0) -> None:
+        self.channels = channels
+        self.max_samples = max_samples
+        self.keep_labels = keep_labels
+        self.values: Tensor | None = None
+        self.labels: Tensor | None = None
+        self.stored = 0
+        self.seen = 0
+        self._gen = torch.Generator().manual_seed(seed)
+
+    @property
+    def num_images(self) -> int:
+        return self.seen
+
+    def update(self, activation: Tensor, targets: Tensor | None) -> None:
+        z = activation.mean(2)  # (B, C)
+        b = z.shape[0]
+        if self.values is None:
+            self.values = torch.empty(self.max_samples, self.channels, device=z.device)
+            if self.keep_labels:
+                self.labels = torch.empty(self.max_samples, dtype=torch.long, device=z.device)
+        free = min(self.max_samples - self.stored, b)
+        if free > 0:
+            self.values[self.stored:self.stored + free] = z[:free]
+            if self.keep_labels:
+                self.labels[self.stored:self.stored + free] = targets[:free]
+            self.stored += free
+        if free < b:  # reservoir: image t (0-based) replaces a random slot with probability max / (t + 1)
+            t = torch.arange(self.seen + free, self.seen + b, dtype=torch.float64)
+            slot = (torch.rand(b - free, generator=self._gen, dtype=torch.float64) * (t + 1)).long()
+            accept = slot < self.max_samples
+            src = torch.arange(free, b)[accept]
+            slot = slot[accept]
+            if slot.numel():
+                # a slot drawn twice in one batch keeps the later image, as sequential sampling would
+                order = torch.arange(slot.numel())
+                last = torch.full((self.max_samples,), -1, dtype=torch.long).scatter_reduce(
+                    0, slot, order, reduce="amax")
+                keep = last[slot] == order
+                src, slot = src[keep].to(z.device), slot[keep].to(z.device)
+                self.values[slot] = z[src]
+                if self.keep_labels:
+                    self.labels[slot] = targets[src]
+        self.seen += b
+
+    def samples(self) -> tuple[Tensor, Tensor | None]:
+        """Stored responses ``(n, C)`` and labels ``(n,)`` (or ``None``)."""
+        if self.values is None:
+            return torch.empty(0, self.channels), None
+        labels = self.labels[:self.stored] if self.keep_labels else None
+        return self.values[:self.stored], labels
+
+    def all_reduce(self) -> None:
+        values, labels = self.samples()
+        device = values.device
+        sizes = [torch.zeros(1, dtype=torch.long, device=device) for _ in range(distributed_world())]
+        dist.all_gather(sizes, torch.tensor([self.stored], device=device))
+        biggest = int(max(s.item() for s in sizes))
+        padded = torch.zeros(biggest, self.channels, device=device)
+        padded[:self.stored] = values
+        gathered = [torch.empty_like(padded) for _ in sizes]
+        dist.all_gather(gathered, padded)
+        merged = torch.cat([g[:int(s.item())] for g, s in zip(gathered, sizes, strict=True)])
+        merged_labels = None
+        if self.keep_labels:
+            lab = torch.zeros(biggest, dtype=torch.long, device=device)
+            lab[:self.stored] = labels
+            gathered_l = [torch.empty_like(lab) for _ in sizes]
+            dist.all_gather(gathered_l, lab)
+            merged_labels = torch.cat([g[:int(s.item())] for g, s in zip(gathered_l, sizes, strict=True)])
+        seen = torch.tensor([self.seen], dtype=torch.long, device=device)
+        dist.all_reduce(seen)
+        if merged.shape[0] > self.max_samples:  # same seeded choice on every rank
+            keep = torch.randperm(merged.shape[0], generator=torch.Generator().manual_seed(0))[:self.max_samples]
+            merged = merged[keep.to(device)]
+            merged_labels = merged_labels[keep.to(device)] if merged_labels is not None else None
+        self.values, self.labels = merged, merged_labels
+        self.stored = merged.shape[0]
+        self.seen = int(seen.item())
+
+
+class MapEntropySum(LayerStatistic):
+    """Sum over images of the spatial histogram entropy of every feature map, and the image count.
+
+    Per image and channel, the map's ``positions`` values are put in ``bins`` equal-width bins whose range is
+    that image's range over the whole layer (``bin_range="layer"``: a flat map gets low entropy) or the map's
+    own min/max (``bin_range="map"``). ``bins=None`` picks ``clamp(ceil(sqrt(positions)), 2, 64)``.
+    """
+
+    def __init__(self, channels: int, bins: int | None, bin_range: str) -> None:
+        self.channels = channels
+        self.bins = bins
+        self.bin_range = bin_range
+        self.total: Tensor | None = None
+        self.count = 0
+
+    @property
+    def num_images(self) -> int:
+        return self.count
+
+    def update(self, activation: Tensor, targets: Tensor | None) -> None:
+        b, c, s = activation.shape
+        if self.bins is None:
+            self.bins = min(64, max(2, math.ceil(math.sqrt(s))))
+        rows = activation.reshape(b * c, s)
+        if self.bin_range == "layer":
+            lo, hi = activation.reshape(b, c * s).aminmax(dim=1)
+            lo, hi = lo.repeat_interleave(c), hi.repeat_interleave(c)
+        else:
+            lo, hi = rows.aminmax(dim=1)
+        h = entropy_from_counts(histogram_counts(rows, self.bins, lo=lo, hi=hi)).view(b, c).sum(0)
+        self.total = h if self.total is None else self.total + h
+        self.count += b
+
+    def mean(self) -> Tensor:
+        if self.total is None:
+            raise RuntimeError("no images were observed")
+        return self.total / self.count
+
+    def all_reduce(self) -> None:
+        device = self.total.device
+        packed = torch.cat([self.total, torch.tensor([float(self.count)], device=device)])
+        dist.all_reduce(packed)
+        self.total, self.count = packed[:-1], int(packed[-1].item())

@@ -1,0 +1,63 @@
+"""The one-line swap with real images: Fashion-MNIST (Debian's dataset-fashion-mnist, installed by .ci/run)."""
+
+import pytest
+import torch
+import torch_pruning as tp
+from torch.utils.data import DataLoader
+
+from entropy_importance import EntropyPruner, create_importance, list_importances
+from entropy_importance.data import fashion_mnist, find_fashion_mnist
+from entropy_importance.models import classifier_layers, create_model
+
+pytestmark = pytest.mark.skipif(
+    find_fashion_mnist() is None, reason="Fashion-MNIST files absent (apt-get install dataset-fashion-mnist)"
+)
+
+DATA_DRIVEN = [n for n in list_importances(source="entropy-importance") if "entropy" in n and n != "channel-similarity-entropy"]
+MODELS = ["torchvision:resnet18", "torchvision:mobilenet_v2", "timm:convnext_atto", "timm:efficientnet_b0"]
+
+
+@pytest.fixture(scope="module")
+def loader():
+    return DataLoader(fashion_mnist("train", limit=64), batch_size=32)
+
+
+def test_data_driven_names():
+    assert DATA_DRIVEN == ["conditional-entropy", "feature-map-entropy", "gap-entropy"]
+
+
+@pytest.mark.parametrize("name", DATA_DRIVEN)
+@pytest.mark.parametrize("spec", MODELS)
+def test_one_line_swap_with_real_images(spec, name, loader):
+    torch.manual_seed(0)
+    model = create_model(spec, num_classes=10).eval()
+    x = next(iter(loader))[0][:2]
+    before = sum(p.numel() for p in model.parameters())
+    pruner = tp.pruner.MetaPruner(
+        model, x, importance=create_importance(name).calibrate(model, loader),  # <- the one line
+        pruning_ratio=0.5, ignored_layers=classifier_layers(model),
+    )
+    pruner.step()
+    with torch.no_grad():
+        out = model(x)
+    assert out.shape == (2, 10) and torch.isfinite(out).all()
+    assert sum(p.numel() for p in model.parameters()) < before
+
+
+def test_entropy_pruner_on_real_images(loader):
+    torch.manual_seed(0)
+    model = create_model("torchvision:resnet18", num_classes=10).eval()
+    x = next(iter(loader))[0][:2]
+    pruner = EntropyPruner(model, x, create_importance("conditional-entropy"), calibration_data=loader,
+                           pruning_ratio=0.5, iterative_steps=2, ignored_layers=[model.fc])
+    pruner.step()
+    pruner.step()
+    assert model.layer4[0].conv1.out_channels == 256
+    assert model(x).shape == (2, 10)
+
+
+def test_reader_matches_known_labels():
+    test = fashion_mnist("test", limit=10)
+    assert test.tensors[1].tolist() == [9, 2, 1, 1, 6, 1, 4, 6, 5, 7]  # the published first test labels
+    assert test.tensors[0].shape == (10, 3, 32, 32)
+    assert len(fashion_mnist("train")) == 60000
