@@ -15,7 +15,7 @@ import time
 import torch
 import torch_pruning as tp
 
-from entropy_importance import create_importance, list_importances
+from entropy_importance import create_importance, get_importance_info, list_importances
 from entropy_importance.models import classifier_layers, create_model
 
 
@@ -24,7 +24,8 @@ def main(argv=None) -> None:
     p.add_argument("--model", default="timm:resnet50")
     p.add_argument("--input-size", type=int, default=224)
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--criteria", nargs="*", default=list_importances(source="entropy-importance"))
+    data_free = [n for n in list_importances(source="entropy-importance") if not get_importance_info(n).needs_data]
+    p.add_argument("--criteria", nargs="*", default=data_free, help="data-free criteria (default: all of ours)")
     args = p.parse_args(argv)
 
     torch.manual_seed(0)

@@ -8,6 +8,8 @@ import os
 import sys
 import time
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -15,7 +17,9 @@ import torch_pruning as tp
 from tqdm import tqdm
 
 from . import __version__
+from .calibration import DataDrivenImportance
 from .counting import count_macs, count_params, stage_widths
+from .data import fashion_mnist, find_fashion_mnist
 from .models import attention_num_heads, classifier_layers, create_model, sync_attention_heads
 from .registry import create_importance, get_importance_info, list_importances
 from .serialization import PrunedModelRecord, _rebuild, load_record, save_pruned
@@ -44,6 +48,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="example input size (default: the model's own, else 3 224 224)")
     p.add_argument("--num-classes", type=int, default=None, help="classifier width for a new model")
     p.add_argument("--checkpoint", default=None, help="state_dict to load into the model before pruning")
+    p.add_argument("--data", choices=["fashion-mnist"], default=None,
+                   help="calibration images for data-driven criteria (local Fashion-MNIST, resized to the input size)")
+    p.add_argument("--calibration-batches", type=int, default=8, help="batches of 32 images to calibrate on")
     p.add_argument("--out", default=None, help="write the pruned model here (load with load_pruned)")
     p.add_argument("--json", default=None, help="write the report as JSON here")
     p.add_argument("--list-criteria", action="store_true", help="list the registered criteria and exit")
@@ -72,19 +79,31 @@ def _validate(args: argparse.Namespace) -> None:
         info = get_importance_info(args.criterion)
     except KeyError as e:
         raise CLIError(str(e.args[0])) from None
-    if info.needs_data or info.needs_grad:
+    if info.needs_grad:
         raise CLIError(
-            f"criterion {args.criterion!r} needs calibration data, which this command does not take; "
-            f"use it from Python, or choose a data-free one: {', '.join(_data_free())}"
+            f"criterion {args.criterion!r} needs gradients from a training loop; use it from Python, "
+            f"or choose one of: {', '.join(n for n in list_importances() if not get_importance_info(n).needs_grad)}"
         )
+    if info.needs_data and args.data is None:
+        raise CLIError(f"criterion {args.criterion!r} needs calibration images: add --data fashion-mnist")
+    if args.calibration_batches < 1:
+        raise CLIError(f"--calibration-batches must be >= 1, got {args.calibration_batches}")
+    if args.data == "fashion-mnist" and find_fashion_mnist() is None:
+        raise CLIError("--data fashion-mnist: files not found (apt-get install dataset-fashion-mnist, "
+                       "or set FASHION_MNIST_ROOT)")
     if args.checkpoint is not None and not Path(args.checkpoint).is_file():
         raise CLIError(f"--checkpoint {args.checkpoint}: no such file")
     _check_writable(args.out, "--out")
     _check_writable(args.json, "--json")
 
 
-def _data_free() -> list[str]:
-    return [n for n in list_importances() if not get_importance_info(n).needs_data]
+def _calibration_batches(args: argparse.Namespace, input_size: tuple[int, int, int]) -> list:
+    """``--calibration-batches`` batches of 32 Fashion-MNIST training images resized to ``input_size``."""
+    images, labels = fashion_mnist("train", limit=32 * args.calibration_batches, channels=input_size[0]).tensors
+    if images.shape[-2:] != tuple(input_size[1:]):
+        images = torch.nn.functional.interpolate(images, size=tuple(input_size[1:]), mode="bilinear",
+                                                 align_corners=False)
+    return list(zip(images.split(32), labels.split(32), strict=True))
 
 
 def _load_model(args: argparse.Namespace):
@@ -127,6 +146,22 @@ def _load_checkpoint(model, path: str) -> None:
         raise CLIError(f"--checkpoint {path} does not fit the model: {first}") from None
 
 
+@contextmanager
+def _stage(bar: tqdm, timings: dict[str, float], key: str, label: str) -> Iterator[None]:
+    bar.set_postfix_str(label)
+    t = time.perf_counter()
+    yield
+    timings[key] = time.perf_counter() - t
+    bar.update()
+
+
+def _summary(model, x: torch.Tensor) -> dict:
+    with torch.no_grad():
+        shape = list(model(x).shape)
+    return {"params": count_params(model), "macs": count_macs(model, x), "widths": stage_widths(model, x),
+            "output_shape": shape}
+
+
 def _fmt(n: float, unit: str = "") -> str:
     for div, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "K")):
         if abs(n) >= div:
@@ -146,44 +181,29 @@ def run(args: argparse.Namespace) -> dict:
     model.eval()
     x = torch.randn(1, *record.input_size)
     importance = create_importance(args.criterion)
-    timings = {}
+    timings: dict[str, float] = {}
     with tqdm(total=4, desc="entropy-prune", unit="stage", file=sys.stderr, disable=None) as bar:
-        bar.set_postfix_str("counting (before)")
-        t = time.perf_counter()
-        with torch.no_grad():
-            out_before = model(x)
-        before = {"params": count_params(model), "macs": count_macs(model, x), "widths": stage_widths(model, x)}
-        timings["count_before_s"] = time.perf_counter() - t
-        bar.update()
+        with _stage(bar, timings, "count_before_s", "counting (before)"):
+            before = _summary(model, x)
 
-        bar.set_postfix_str("building dependency graph")
-        t = time.perf_counter()
-        with warnings.catch_warnings():
+        with _stage(bar, timings, "graph_s", "building dependency graph"), warnings.catch_warnings():
             warnings.simplefilter("ignore")
             pruner = tp.pruner.MetaPruner(
                 model, x, importance=importance, pruning_ratio=args.ratio, global_pruning=args.global_pruning,
                 round_to=args.round_to, ignored_layers=classifier_layers(model),
                 num_heads=attention_num_heads(model),
             )
-        timings["graph_s"] = time.perf_counter() - t
-        bar.update()
 
-        bar.set_postfix_str("scoring and pruning")
-        t = time.perf_counter()
-        pruner.step()
-        sync_attention_heads(model)
-        timings["score_and_prune_s"] = time.perf_counter() - t
-        bar.update()
+        with _stage(bar, timings, "score_and_prune_s", "scoring and pruning"):
+            if isinstance(importance, DataDrivenImportance):
+                importance.calibrate(model, _calibration_batches(args, record.input_size), progress=False)
+            pruner.step()
+            sync_attention_heads(model)
 
-        bar.set_postfix_str("counting (after)")
-        t = time.perf_counter()
-        with torch.no_grad():
-            out_after = model(x)
-        after = {"params": count_params(model), "macs": count_macs(model, x), "widths": stage_widths(model, x)}
-        timings["count_after_s"] = time.perf_counter() - t
-        bar.update()
-    if out_after.shape != out_before.shape:
-        raise RuntimeError(f"output shape changed from {tuple(out_before.shape)} to {tuple(out_after.shape)}")
+        with _stage(bar, timings, "count_after_s", "counting (after)"):
+            after = _summary(model, x)
+    if after["output_shape"] != before["output_shape"]:
+        raise RuntimeError(f"output shape changed from {before['output_shape']} to {after['output_shape']}")
 
     record.pruning_history = list(record.pruning_history) + [list(h) for h in pruner.pruning_history()]
     record.meta = {
@@ -196,7 +216,7 @@ def run(args: argparse.Namespace) -> dict:
     report = {
         "model": args.model, "base_spec": record.spec, "criterion": args.criterion, "ratio": args.ratio,
         "global_pruning": args.global_pruning, "round_to": args.round_to, "input_size": list(record.input_size),
-        "random_weights": random_weights, "before": before, "after": after, "timings": timings,
+        "random_weights": random_weights, "data": args.data, "before": before, "after": after, "timings": timings,
         "out": args.out,
     }
     if args.json:
@@ -214,8 +234,9 @@ def _atomic_save_json(report: dict, path: str) -> None:
 def _print_report(r: dict) -> None:
     b, a = r["before"], r["after"]
     scope = "global" if r["global_pruning"] else "local"
+    data = f" | calibrated on {r['data']}" if r["data"] else ""
     print(f"entropy-importance {__version__}: {r['model']} | criterion {r['criterion']} | "
-          f"ratio {r['ratio']} ({scope}) | input {'x'.join(map(str, r['input_size']))}")
+          f"ratio {r['ratio']} ({scope}) | input {'x'.join(map(str, r['input_size']))}{data}")
     if r["random_weights"]:
         print("note: weights are random (no pretrained weights are downloaded); pass --checkpoint FILE to "
               "prune trained weights")
@@ -225,13 +246,14 @@ def _print_report(r: dict) -> None:
     print(f"{'':22s}{'before':>14s}{'after':>14s}{'after/before':>14s}")
     for name, x0, x1 in rows:
         print(f"{name:22s}{_fmt(x0):>14s}{_fmt(x1):>14s}{x1 / x0:>14.3f}")
-    print("MACs: thop counts conv/linear/norm/activation layers; Torch-Pruning's counter also counts pooling "
-          "and is the one its speed-up tables use.")
+    print("MACs: both counters agree on conv/linear layers; thop counts BatchNorm as 2 ops per element and skips "
+          "ReLU and max-pooling, Torch-Pruning counts 1 per element for each; Torch-Pruning's is the counter of "
+          "its speed-up tables.")
     print("widths per stage (before -> after):")
     for name, w0 in b["widths"].items():
         print(f"  {name:24s}{w0:>6d} -> {a['widths'].get(name, w0)}")
     t = r["timings"]
-    print(f"wall time {t['total_s']:.2f} s (graph {t['graph_s']:.2f} s, scoring+pruning "
+    print(f"wall time {t['total_s']:.2f} s (graph {t['graph_s']:.2f} s, calibration+scoring+pruning "
           f"{t['score_and_prune_s']:.2f} s, counting {t['count_before_s'] + t['count_after_s']:.2f} s)")
     if r["out"]:
         print(f"saved pruned model to {r['out']} (load: entropy_importance.load_pruned({r['out']!r}))")
@@ -242,7 +264,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.list_criteria:
         for name in list_importances():
             info = get_importance_info(name)
-            needs = "needs data" if info.needs_data else "data-free"
+            needs = "labels" if info.needs_labels else "images" if info.needs_data else "data-free"
             print(f"{name:30s}{needs:12s}{info.paper}")
         return 0
     try:

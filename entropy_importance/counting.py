@@ -20,9 +20,10 @@ def count_params(model: nn.Module) -> int:
 def count_macs(model: nn.Module, example_inputs: torch.Tensor) -> dict[str, int]:
     """Multiply-accumulates of one forward pass, by two counters.
 
-    ``"thop"``: thop's hooks (conv, linear, norm and activation layers; no attention matmuls).
-    ``"tp"``: ``tp.utils.count_ops_and_params``, which also counts BN/ReLU/pooling and is the counter
-    Torch-Pruning's benchmarks use for speed-ups. Both run on deep copies: the model is not touched.
+    ``"thop"``: thop's hooks. ``"tp"``: ``tp.utils.count_ops_and_params``, the counter of Torch-Pruning's
+    speed-up tables. They agree on conv and linear layers; measured on single layers (thop 0.1.1, TP 1.6.1):
+    BatchNorm is 2 ops per element in thop and 1 in TP, ReLU and max-pooling are 0 in thop and 1 per element in
+    TP. Both run on deep copies: the model is not touched.
     """
     import thop
 

@@ -17,7 +17,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from .estimators import entropy_from_counts, histogram_counts
+from .estimators import _bin_scaled, _count_rows, entropy_from_counts
 
 __all__ = ["LayerStatistic", "ResponseSamples", "MapEntropySum", "distributed_world"]
 
@@ -55,8 +55,9 @@ class ResponseSamples(LayerStatistic):
         self.channels = channels
         self.max_samples = max_samples
         self.keep_labels = keep_labels
-        self.values: Tensor | None = None
+        self.values: Tensor | None = None  # (stored, C) once consolidated
         self.labels: Tensor | None = None
+        self._chunks: list[tuple[Tensor, Tensor | None]] = []  # batches not yet consolidated
         self.stored = 0
         self.seen = 0
         self._gen = torch.Generator().manual_seed(seed)
@@ -65,20 +66,27 @@ class ResponseSamples(LayerStatistic):
     def num_images(self) -> int:
         return self.seen
 
+    def _consolidate(self) -> None:
+        """Concatenate pending batches (memory grows with the images seen, never beyond ``max_samples``)."""
+        if not self._chunks:
+            return
+        parts = ([] if self.values is None else [self.values]) + [v for v, _ in self._chunks]
+        self.values = torch.cat(parts)
+        if self.keep_labels:
+            lparts = ([] if self.labels is None else [self.labels]) + [y for _, y in self._chunks]
+            self.labels = torch.cat(lparts)
+        self._chunks = []
+
     def update(self, activation: Tensor, targets: Tensor | None) -> None:
-        z = activation.mean(2)  # (B, C)
+        z = activation.mean(2)  # (B, C), a new tensor
         b = z.shape[0]
-        if self.values is None:
-            self.values = torch.empty(self.max_samples, self.channels, device=z.device)
-            if self.keep_labels:
-                self.labels = torch.empty(self.max_samples, dtype=torch.long, device=z.device)
+        labels = targets.to(z.device, torch.long) if self.keep_labels else None
         free = min(self.max_samples - self.stored, b)
         if free > 0:
-            self.values[self.stored:self.stored + free] = z[:free]
-            if self.keep_labels:
-                self.labels[self.stored:self.stored + free] = targets[:free]
+            self._chunks.append((z[:free], labels[:free] if labels is not None else None))
             self.stored += free
         if free < b:  # reservoir: image t (0-based) replaces a random slot with probability max / (t + 1)
+            self._consolidate()
             t = torch.arange(self.seen + free, self.seen + b, dtype=torch.float64)
             slot = (torch.rand(b - free, generator=self._gen, dtype=torch.float64) * (t + 1)).long()
             accept = slot < self.max_samples
@@ -93,15 +101,15 @@ class ResponseSamples(LayerStatistic):
                 src, slot = src[keep].to(z.device), slot[keep].to(z.device)
                 self.values[slot] = z[src]
                 if self.keep_labels:
-                    self.labels[slot] = targets[src]
+                    self.labels[slot] = labels[src]
         self.seen += b
 
     def samples(self) -> tuple[Tensor, Tensor | None]:
         """Stored responses ``(n, C)`` and labels ``(n,)`` (or ``None``)."""
+        self._consolidate()
         if self.values is None:
             return torch.empty(0, self.channels), None
-        labels = self.labels[:self.stored] if self.keep_labels else None
-        return self.values[:self.stored], labels
+        return self.values, (self.labels if self.keep_labels else None)
 
     def all_reduce(self) -> None:
         values, labels = self.samples()
@@ -110,7 +118,7 @@ class ResponseSamples(LayerStatistic):
         dist.all_gather(sizes, torch.tensor([self.stored], device=device))
         biggest = int(max(s.item() for s in sizes))
         padded = torch.zeros(biggest, self.channels, device=device)
-        padded[:self.stored] = values
+        padded[:self.stored] = values.to(device)
         gathered = [torch.empty_like(padded) for _ in sizes]
         dist.all_gather(gathered, padded)
         merged = torch.cat([g[:int(s.item())] for g, s in zip(gathered, sizes, strict=True)])
@@ -157,11 +165,13 @@ class MapEntropySum(LayerStatistic):
             self.bins = min(64, max(2, math.ceil(math.sqrt(s))))
         rows = activation.reshape(b * c, s)
         if self.bin_range == "layer":
-            lo, hi = activation.reshape(b, c * s).aminmax(dim=1)
-            lo, hi = lo.repeat_interleave(c), hi.repeat_interleave(c)
+            flat = activation.reshape(b, c * s)
+            lo, hi = flat.amin(1).repeat_interleave(c), flat.amax(1).repeat_interleave(c)
         else:
-            lo, hi = rows.aminmax(dim=1)
-        h = entropy_from_counts(histogram_counts(rows, self.bins, lo=lo, hi=hi)).view(b, c).sum(0)
+            lo, hi = rows.amin(1), rows.amax(1)
+        # the calibration hook has checked finiteness already: count directly
+        counts = _count_rows(_bin_scaled(rows, lo, hi, self.bins), self.bins)
+        h = entropy_from_counts(counts).view(b, c).sum(0)
         self.total = h if self.total is None else self.total + h
         self.count += b
 

@@ -47,6 +47,7 @@ def test_cli_end_to_end(tmp_path):
         (["--ratio", "1.5"], "--ratio must be in [0, 1)"),
         (["timm:no_such_model"], "unknown timm model"),
         (["--out", "/no/such/dir/x.pt"], "does not exist"),
+        (["--criterion", "gap-entropy"], "needs calibration images: add --data fashion-mnist"),
     ],
 )
 def test_cli_bad_input_is_one_clear_line(tmp_path, args, message):

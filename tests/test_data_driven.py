@@ -95,6 +95,20 @@ def test_one_batch_of_64_equals_four_batches_of_16(cls, where):
     torch.testing.assert_close(conv1_scores(one, model), conv1_scores(four, model))
 
 
+@pytest.mark.parametrize("cls", DATA_DRIVEN)
+def test_float32_statistics_under_autocast(cls):
+    model = Planted()
+    data = planted_batches(n=1024)
+    reference = conv1_scores(cls(normalizer=None, tie_break=False).calibrate(model, data), model)
+    imp = cls(normalizer=None, tie_break=False)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        imp.calibrate(model, data)
+    scores = conv1_scores(imp, model)
+    assert scores.dtype == torch.float32
+    assert scores.argsort()[-1] == reference.argsort()[-1]  # the same top channel
+    assert scores[0] == 0 and scores[1] == 0
+
+
 def test_reservoir_bounds_memory():
     model = Planted()
     imp = GAPEntropyImportance(max_samples=100).calibrate(model, planted_batches(n=256, batch=64))

@@ -59,6 +59,23 @@ def test_entropy_pruner_on_real_images(loader):
     assert model(x).shape == (2, 10)
 
 
+def test_cli_with_a_data_driven_criterion(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    report = tmp_path / "r.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "entropy_importance.cli", "torchvision:mobilenet_v2", "--num-classes", "10",
+         "--criterion", "conditional-entropy", "--data", "fashion-mnist", "--calibration-batches", "2",
+         "--input-size", "3", "32", "32", "--json", str(report)],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    r = json.loads(report.read_text())
+    assert r["data"] == "fashion-mnist" and r["after"]["params"] < r["before"]["params"]
+
+
 def test_reader_matches_known_labels():
     test = fashion_mnist("test", limit=10)
     assert test.tensors[1].tolist() == [9, 2, 1, 1, 6, 1, 4, 6, 5, 7]  # the published first test labels

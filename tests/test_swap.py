@@ -5,15 +5,10 @@ import timm
 import torch
 import torch_pruning as tp
 
-from entropy_importance import create_importance, list_importances
-from entropy_importance.models import (
-    attention_num_heads,
-    classifier_layers,
-    create_model,
-    sync_attention_heads,
-)
+from entropy_importance import EntropyPruner, create_importance, get_importance_info, list_importances
+from entropy_importance.models import attention_num_heads, classifier_layers, create_model, sync_attention_heads
 
-DATA_FREE = list_importances(source="entropy-importance")
+CRITERIA = list_importances(source="entropy-importance")
 MODELS = [
     "torchvision:resnet18",
     "torchvision:mobilenet_v2",
@@ -43,15 +38,29 @@ def _params(model):
     return sum(p.numel() for p in model.parameters())
 
 
+def _batches(n=2, batch=4):
+    g = torch.Generator().manual_seed(0)
+    return [(torch.randn(batch, 3, SIZE, SIZE, generator=g), torch.randint(0, 10, (batch,), generator=g))
+            for _ in range(n)]
+
+
+def _importance(name, model):
+    """The criterion, calibrated first when it needs data (synthetic images; tests/test_real_data.py uses real ones)."""
+    imp = create_importance(name)
+    return imp.calibrate(model, _batches()) if get_importance_info(name).needs_data else imp
+
+
 def _prune_and_check(spec, name, **pruner_kwargs):
     model, ignored = _build(spec)
     x = torch.randn(2, 3, SIZE, SIZE)
     shape = model(x).shape
     before = _params(model)
-    pruner = tp.pruner.MetaPruner(
-        model, x, importance=create_importance(name), ignored_layers=ignored,
-        num_heads=attention_num_heads(model), **{"pruning_ratio": 0.5, **pruner_kwargs},
-    )
+    kwargs = {"ignored_layers": ignored, "num_heads": attention_num_heads(model), "pruning_ratio": 0.5,
+              **pruner_kwargs}
+    if pruner_kwargs.get("iterative_steps", 1) > 1:  # statistics must follow the pruned model: re-calibrate
+        pruner = EntropyPruner(model, x, create_importance(name), calibration_data=_batches(), **kwargs)
+    else:
+        pruner = tp.pruner.MetaPruner(model, x, importance=_importance(name, model), **kwargs)
     for _ in range(pruner.iterative_steps):
         pruner.step()
         sync_attention_heads(model)
@@ -63,13 +72,13 @@ def _prune_and_check(spec, name, **pruner_kwargs):
     return model
 
 
-@pytest.mark.parametrize("name", DATA_FREE)
+@pytest.mark.parametrize("name", CRITERIA)
 @pytest.mark.parametrize("spec", MODELS)
 def test_one_line_swap(spec, name):
     _prune_and_check(spec, name)
 
 
-@pytest.mark.parametrize("name", DATA_FREE)
+@pytest.mark.parametrize("name", CRITERIA)
 @pytest.mark.parametrize(
     "kwargs",
     [{"global_pruning": True}, {"iterative_steps": 3}, {"round_to": 8}],
@@ -83,12 +92,12 @@ def test_pruner_options(spec, name, kwargs):
         assert all(m.out_channels % 8 == 0 for m in convs if m.out_channels > 8), convs
 
 
-@pytest.mark.parametrize("name", DATA_FREE)
+@pytest.mark.parametrize("name", CRITERIA)
 def test_pruning_ratio_dict(name):
     model, ignored = _build("timm:resnet18")
     x = torch.randn(1, 3, SIZE, SIZE)
     pruner = tp.pruner.MetaPruner(
-        model, x, importance=create_importance(name), ignored_layers=ignored, pruning_ratio=0.0,
+        model, x, importance=_importance(name, model), ignored_layers=ignored, pruning_ratio=0.0,
         pruning_ratio_dict={model.layer1: 0.5},
     )
     width_l2 = model.layer2[0].conv1.out_channels
