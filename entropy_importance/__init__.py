@@ -16,6 +16,7 @@ from .conditional_entropy import ConditionalEntropyImportance
 from .feature_map_entropy import FeatureMapEntropyImportance
 from .gap_entropy import GAPEntropyImportance
 from .information_capacity import InformationCapacityImportance
+from .prune import PruneReport, prune
 from .pruner import EntropyPruner
 from .registry import (
     ImportanceInfo,
@@ -41,6 +42,8 @@ __all__ = [
     "FeatureMapEntropyImportance",
     "ConditionalEntropyImportance",
     "EntropyPruner",
+    "prune",
+    "PruneReport",
     "CalibrationError",
     "NotCalibratedError",
     "StaleStatisticsError",

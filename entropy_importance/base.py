@@ -86,6 +86,14 @@ class ChannelScoreImportance(tp.importance.GroupMagnitudeImportance):
                     "weights (and calibration statistics) for NaN/Inf"
                 )
             index = torch.as_tensor(list(idxs), dtype=torch.long, device=local.device)
+            if index.numel() and (index.min() < 0 or index.max() >= view.num_channels):
+                # Torch-Pruning mapped this dependency to channels the layer does not have (seen with some
+                # split/concat patterns): the group cannot be scored consistently, so it is not pruned
+                warnings.warn(
+                    f"{type(self).__name__}: group skipped, {dep.target.name} has {view.num_channels} channels but "
+                    f"the group addresses channel {int(index.max())}", stacklevel=2,
+                )
+                return None
             scores.append(local.float()[index])
             norms.append(channel_norms(view)[index.to(view.slices.device)])
             roots.append(item.root_idxs)

@@ -1,0 +1,241 @@
+"""Coverage sweep: does ``entropy_importance.prune()`` prune and run every timm family and torchvision model?
+
+    python scripts/sweep.py [--criteria NAME ...] [--timm-only | --torchvision-only] [--all-models]
+                            [--max-params 100e6] [--size 224] [--timeout 300] [--memory-gb 8]
+                            [--out docs/coverage.md] [--jsonl sweep.jsonl] [--resume]
+
+One model per timm architecture family (the smallest, skipping > ``--max-params``; ``--all-models`` for every
+model) and the torchvision classification and detection models. Each model runs in its own subprocess with a
+time and memory limit; inside it, plain Torch-Pruning (``MagnitudeImportance``, classifier ignored, nothing
+else configured) and ``prune()`` with each criterion prune it at ratio 0.5 (data-driven criteria are calibrated
+on 2 batches of random images). A run passes when the pruned model runs, its outputs keep their structure and
+shapes, and its MACs (Torch-Pruning's counter) dropped. Results are appended to ``--jsonl`` (``--resume`` skips
+models already there) and summarised in ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+DETECTION = ["ssd300_vgg16", "ssdlite320_mobilenet_v3_large", "fasterrcnn_mobilenet_v3_large_fpn",
+             "fasterrcnn_mobilenet_v3_large_320_fpn", "retinanet_resnet50_fpn", "fcos_resnet50_fpn",
+             "maskrcnn_resnet50_fpn", "keypointrcnn_resnet50_fpn"]
+BASELINE = "tp-magnitude (plain)"
+
+
+def timm_families(all_models: bool, max_params: float) -> list[str]:
+    import timm
+    import torch
+    from timm.models._registry import _model_to_module
+
+    by_family: dict[str, list[str]] = defaultdict(list)
+    for name in timm.list_models():
+        by_family[_model_to_module.get(name, name)].append(name)
+    chosen = []
+    for _family, names in sorted(by_family.items()):
+        sized = []
+        for name in names:
+            try:
+                with torch.device("meta"):
+                    n = sum(p.numel() for p in timm.create_model(name, pretrained=False).parameters())
+            except Exception:  # noqa: BLE001 - unbuildable entries are skipped
+                continue
+            if n <= max_params:
+                sized.append((n, name))
+        if all_models:
+            chosen += [f"timm:{name}" for _, name in sorted(sized)]
+        elif sized:
+            chosen.append(f"timm:{min(sized)[1]}")
+    return chosen
+
+
+def torchvision_models() -> list[str]:
+    import torchvision
+
+    classification = torchvision.models.list_models(module=torchvision.models)
+    detection = [m for m in DETECTION if m in torchvision.models.list_models()]
+    return [f"torchvision:{m}" for m in classification + detection]
+
+
+def _limit_memory(gb: float) -> None:
+    import resource
+
+    limit = int(gb * 2**30)
+    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+
+def run_one(spec: str, criteria: list[str], size: int) -> list[dict]:
+    """Inside the child process: plain Torch-Pruning, then prune() with each criterion."""
+    import warnings
+
+    import torch
+    import torch_pruning as tp
+
+    from entropy_importance import prune
+    from entropy_importance.models import classifier_layers, create_model
+    from entropy_importance.prune import _batch_size, _forward, _macs, _signature, head_layers
+
+    warnings.simplefilter("ignore")
+    torch.manual_seed(0)
+    detection = spec.split(":", 1)[1] in DETECTION
+
+    def build():
+        source, name = spec.split(":", 1)
+        if source == "timm":
+            import timm
+
+            model = timm.create_model(name, pretrained=False, num_classes=10)
+            cfg = getattr(model, "pretrained_cfg", {}) or {}
+            s = min(size, (cfg.get("input_size") or (3, size, size))[-1])
+            if (cfg.get("fixed_input_size") or s != size) and s != (cfg.get("input_size") or (0, 0, 0))[-1]:
+                s = cfg["input_size"][-1]
+            return model.eval(), torch.randn(1, 3, s, s)
+        model = create_model(spec, num_classes=None if detection else 10)
+        s = 320 if detection else min(size, 224)
+        return model.eval(), torch.randn(1, 3, s, s)
+
+    results = []
+    model, x = build()
+    params = sum(p.numel() for p in model.parameters())
+    reference = _signature(_forward(model, x), _batch_size(x))
+    base_macs = _macs(model, x)
+
+    def check(pruned) -> str | None:
+        if _signature(_forward(pruned, x), _batch_size(x)) != reference:
+            return "output structure changed"
+        macs = _macs(pruned, x)
+        if base_macs is not None and macs is not None and macs >= base_macs:
+            return "MACs did not drop"
+        return None
+
+    t = time.perf_counter()
+    try:
+        heads = list(head_layers(model)) or classifier_layers(model)
+        pruner = tp.pruner.MetaPruner(model, x, importance=tp.importance.MagnitudeImportance(),
+                                      pruning_ratio=0.5, ignored_layers=heads)
+        pruner.step()
+        failure = check(model)
+    except Exception as e:  # noqa: BLE001
+        failure = f"{type(e).__name__}: {str(e).splitlines()[0][:150] if str(e) else ''}"
+    results.append({"spec": spec, "criterion": BASELINE, "ok": failure is None, "reason": failure,
+                    "seconds": time.perf_counter() - t, "params": params, "input": list(x.shape)})
+
+    g = torch.Generator().manual_seed(0)
+    data = [(torch.randn(2, *x.shape[1:], generator=g), torch.randint(0, 10, (2,), generator=g)) for _ in range(2)]
+    for criterion in criteria:
+        model, x = build()
+        t = time.perf_counter()
+        try:
+            pruned, report = prune(model, x, criterion, ratio=0.5, calibration_data=data)
+            failure = check(pruned)
+            kept = {k: v for k, v in report.kept_unpruned.items() if "classifier" not in v and "head" not in v}
+        except Exception as e:  # noqa: BLE001
+            failure, kept = f"{type(e).__name__}: {str(e).splitlines()[0][:150] if str(e) else ''}", {}
+        results.append({"spec": spec, "criterion": criterion, "ok": failure is None, "reason": failure,
+                        "kept": kept, "seconds": time.perf_counter() - t, "params": params,
+                        "input": list(x.shape)})
+    return results
+
+
+def write_markdown(rows: list[dict], criteria: list[str], path: Path, command: str) -> None:
+    by_spec: dict[str, dict[str, dict]] = defaultdict(dict)
+    for r in rows:
+        by_spec[r["spec"]][r["criterion"]] = r
+    columns = [BASELINE] + criteria
+    lines = ["# Coverage: which models prune and run", "",
+             f"Produced by `{command}` ({time.strftime('%Y-%m-%d')}). Ratio 0.5; pass = the pruned model runs, "
+             "keeps its output structure and shapes, and its MACs dropped. "
+             f"`{BASELINE}` is Torch-Pruning's `MagnitudeImportance` with only the task head ignored.", ""]
+    for source in ("timm", "torchvision"):
+        specs = sorted(s for s in by_spec if s.startswith(source))
+        if not specs:
+            continue
+        lines += [f"## {source}: pass rates", "", "| criterion | pass | rate |", "|---|---|---|"]
+        for c in columns:
+            done = [by_spec[s][c] for s in specs if c in by_spec[s]]
+            ok = sum(r["ok"] for r in done)
+            lines.append(f"| {c} | {ok}/{len(done)} | {100 * ok / max(1, len(done)):.0f} % |")
+        lines += ["", f"## {source}: per model", "", "| model | " + " | ".join(columns) + " | reason / kept unpruned |",
+                  "|---|" + "---|" * (len(columns) + 1)]
+        for s in specs:
+            cells, notes = [], []
+            for c in columns:
+                r = by_spec[s].get(c)
+                cells.append("–" if r is None else ("✓" if r["ok"] else "✗"))
+                if r and not r["ok"]:
+                    notes.append(f"{c}: {r['reason']}")
+                elif r and r.get("kept"):
+                    notes.append(f"{c}: kept {', '.join(sorted(r['kept']))[:120]}")
+            note = "; ".join(dict.fromkeys(notes))[:400].replace("|", "/")
+            lines.append(f"| `{s}` | " + " | ".join(cells) + f" | {note} |")
+        lines.append("")
+    path.write_text("\n".join(lines))
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--criteria", nargs="*", default=None, help="default: all five of entropy-importance")
+    p.add_argument("--timm-only", action="store_true")
+    p.add_argument("--torchvision-only", action="store_true")
+    p.add_argument("--all-models", action="store_true")
+    p.add_argument("--models", nargs="*", default=None, help="explicit list of specs")
+    p.add_argument("--max-params", type=float, default=100e6)
+    p.add_argument("--size", type=int, default=224)
+    p.add_argument("--timeout", type=float, default=300)
+    p.add_argument("--memory-gb", type=float, default=8)
+    p.add_argument("--out", default="docs/coverage.md")
+    p.add_argument("--jsonl", default="sweep.jsonl")
+    p.add_argument("--resume", action="store_true")
+    p.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+
+    from entropy_importance import list_importances
+
+    criteria = args.criteria or list_importances(source="entropy-importance")
+    if args.child:
+        _limit_memory(args.memory_gb)
+        for row in run_one(args.child, criteria, args.size):
+            print("RESULT " + json.dumps(row), flush=True)
+        return
+
+    specs = args.models or (
+        ([] if args.torchvision_only else timm_families(args.all_models, args.max_params))
+        + ([] if args.timm_only else torchvision_models())
+    )
+    jsonl = Path(args.jsonl)
+    rows = [json.loads(line) for line in jsonl.read_text().splitlines()] if args.resume and jsonl.exists() else []
+    done = {r["spec"] for r in rows}
+    from tqdm import tqdm
+
+    for spec in tqdm(specs, desc="sweep", unit="model"):
+        if spec in done:
+            continue
+        cmd = [sys.executable, __file__, "--child", spec, "--size", str(args.size),
+               "--memory-gb", str(args.memory_gb), "--criteria", *criteria]
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout,
+                                  env={**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")})
+            got = [json.loads(line[7:]) for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+            if not got:
+                tail = (proc.stderr.strip().splitlines() or ["no output"])[-1][:150]
+                got = [{"spec": spec, "criterion": c, "ok": False, "reason": f"crashed: {tail}"}
+                       for c in [BASELINE] + criteria]
+        except subprocess.TimeoutExpired:
+            got = [{"spec": spec, "criterion": c, "ok": False, "reason": f"timeout > {args.timeout:.0f} s"}
+                   for c in [BASELINE] + criteria]
+        with jsonl.open("a") as f:
+            for row in got:
+                f.write(json.dumps(row) + "\n")
+        rows += got
+        write_markdown(rows, criteria, Path(args.out), "python scripts/sweep.py " + " ".join(argv or sys.argv[1:]))
+
+
+if __name__ == "__main__":
+    main()

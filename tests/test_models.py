@@ -1,0 +1,85 @@
+"""Curated sweep in the pattern of timm's tests/test_models.py: ``prune()`` on fast models across families x
+every criterion. The full sweep (every timm family, torchvision classification + detection) is
+``python scripts/sweep.py``, which writes docs/coverage.md."""
+
+import os
+
+import pytest
+import timm
+import torch
+
+from entropy_importance import list_importances, prune
+from entropy_importance.models import create_model
+from entropy_importance.prune import _batch_size, _forward, _macs, _signature
+
+CRITERIA = list_importances(source="entropy-importance")
+
+# (spec, input size): one or two small models per family, all pruned in a few seconds on 2 CPU cores
+FAST_MODELS = [
+    ("timm:resnet18", 64),               # plain CNN, residual
+    ("timm:seresnet18", 64),             # squeeze-excitation
+    ("timm:resnext26ts", 64),            # grouped conv
+    ("timm:mobilenetv2_050", 64),        # depthwise, inverted residual
+    ("timm:mobilenetv3_small_050", 64),  # hard-swish, SE
+    ("timm:efficientnet_b0", 64),        # depthwise + SE
+    ("timm:densenet121", 64),            # concatenation
+    ("timm:regnetx_002", 64),            # RegNet, grouped
+    ("timm:regnety_002", 64),            # RegNet + SE
+    ("timm:vit_tiny_patch16_224", 64),   # ViT, fused qkv attention
+    ("timm:deit_tiny_patch16_224", 64),  # DeiT
+    ("timm:convnext_atto", 64),          # ConvNeXt, layer-scale gamma
+    ("timm:mixer_s16_224", 64),          # MLP-Mixer
+    ("timm:resmlp_12_224", 64),          # ResMLP, affine layers
+    ("timm:cspresnet50", 64),            # CSP
+    ("timm:ghostnet_100", 64),           # ghost modules (concat of cheap ops)
+    ("timm:rexnet_100", 64),             # partial residual channels
+    ("timm:dla34", 64),                  # deep layer aggregation
+    ("timm:repvgg_a0", 64),              # RepVGG
+    ("timm:lcnet_050", 64),              # PP-LCNet
+    ("timm:tinynet_e", 64),              # TinyNet
+    ("timm:mnasnet_small", 64),          # MnasNet
+    ("timm:mobilevit_xxs", 64),          # conv + transformer
+    ("timm:poolformer_s12", 64),         # MetaFormer
+    ("timm:vgg11_bn", 64),               # timm VGG with conv head
+    ("timm:hardcorenas_a", 64),          # NAS, SE
+    ("timm:ese_vovnet19b_dw", 64),       # VoVNet, eSE
+    ("timm:gernet_s", 64),               # GENet / ByobNet
+    ("torchvision:ssdlite320_mobilenet_v3_large", 320),  # detection
+]
+if os.environ.get("ENTROPY_IMPORTANCE_SLOW"):
+    FAST_MODELS += [("torchvision:ssd300_vgg16", 300)]
+
+
+def _build(spec, size):
+    torch.manual_seed(0)
+    source, name = spec.split(":", 1)
+    if source == "timm":
+        try:
+            model = timm.create_model(name, pretrained=False, num_classes=10, img_size=size)
+        except TypeError:
+            model = timm.create_model(name, pretrained=False, num_classes=10)
+    else:
+        model = create_model(spec, num_classes=None)
+    return model.eval(), torch.randn(1, 3, size, size)
+
+
+DEFAULT_RUN = {"timm:resnet18", "timm:mobilenetv2_050", "timm:vit_tiny_patch16_224", "timm:convnext_atto"}
+CASES = [
+    pytest.param(spec, size, c, marks=() if spec in DEFAULT_RUN else pytest.mark.slow)
+    for spec, size in FAST_MODELS for c in CRITERIA
+]
+
+
+# Default run: four models with every criterion (the CI budget); the full cross product is marked slow
+# (pytest -m slow) and scripts/sweep.py covers every family with every criterion.
+@pytest.mark.parametrize("spec, size, criterion", CASES, ids=[f"{p.values[0]}-{p.values[2]}" for p in CASES])
+def test_prune_model(spec, size, criterion):
+    model, x = _build(spec, size)
+    reference = _signature(_forward(model, x), _batch_size(x))
+    g = torch.Generator().manual_seed(0)
+    data = [(torch.randn(2, 3, size, size, generator=g), torch.randint(0, 10, (2,), generator=g)) for _ in range(2)]
+    pruned, report = prune(model, x, criterion, ratio=0.5, calibration_data=data)
+    assert _signature(_forward(pruned, x), _batch_size(x)) == reference
+    assert report.params_after < report.params_before
+    macs = _macs(pruned, x)
+    assert macs is None or report.macs_before is None or macs < report.macs_before
