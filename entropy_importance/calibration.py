@@ -102,6 +102,7 @@ class Observer:
     def __init__(self) -> None:
         self.targets: Tensor | None = None
         self.batches = 0
+        self._checked: tuple[Any, Tensor] | None = None  # (targets as given, validated tensor)
 
 
 class DataDrivenImportance(ChannelScoreImportance):
@@ -189,7 +190,17 @@ class DataDrivenImportance(ChannelScoreImportance):
                     f"non-finite activations (NaN/Inf) at the {self.where} of layer {name!r}: check the inputs and "
                     "the weights (an fp16 overflow under autocast?); no statistics were kept for this batch"
                 )
-            targets = self._checked_targets(observer.targets, act.shape[0], name) if self.needs_labels else None
+            targets = None
+            if self.needs_labels:  # validated once per batch, not once per layer
+                key = (observer.targets, getattr(observer.targets, "_version", None))  # in-place edits re-check
+                seen = observer._checked
+                if seen is None or seen[0][0] is not key[0] or seen[0][1] != key[1]:
+                    observer._checked = (key, self._checked_targets(observer.targets, act.shape[0], name))
+                targets = observer._checked[1]
+                if targets.numel() != act.shape[0]:
+                    raise CalibrationError(
+                        f"got {targets.numel()} labels for a batch of {act.shape[0]} at layer {name!r}"
+                    )
             stat = self._stats.get(name)
             if stat is None or stat.channels != act.shape[1]:
                 stat = self._stats[name] = self.new_statistic(act.shape[1])

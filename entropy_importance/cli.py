@@ -22,7 +22,7 @@ from .counting import count_macs, count_params, stage_widths
 from .data import fashion_mnist, find_fashion_mnist
 from .models import attention_num_heads, classifier_layers, create_model, sync_attention_heads
 from .registry import create_importance, get_importance_info, list_importances
-from .serialization import PrunedModelRecord, _rebuild, load_record, save_pruned
+from .serialization import PrunedModelRecord, _rebuild, atomic_write, load_record, save_pruned
 
 DEFAULT_MODEL = "timm:resnet18"
 DEFAULT_CRITERION = "channel-similarity-entropy"
@@ -220,15 +220,8 @@ def run(args: argparse.Namespace) -> dict:
         "out": args.out,
     }
     if args.json:
-        _atomic_save_json(report, args.json)
+        atomic_write(args.json, lambda f: f.write(json.dumps(report, indent=2).encode()))
     return report
-
-
-def _atomic_save_json(report: dict, path: str) -> None:
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(report, f, indent=2)
-    os.replace(tmp, path)
 
 
 def _print_report(r: dict) -> None:

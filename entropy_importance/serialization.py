@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import torch
 import torch.nn as nn
@@ -22,7 +23,7 @@ import torch_pruning as tp
 
 from .models import create_model
 
-__all__ = ["PrunedModelRecord", "save_pruned", "load_pruned", "load_record", "FORMAT"]
+__all__ = ["PrunedModelRecord", "save_pruned", "load_pruned", "load_record", "atomic_write", "FORMAT"]
 
 FORMAT = "entropy-importance/pruned-model"
 VERSION = 1
@@ -48,12 +49,14 @@ def _int_attributes(model: nn.Module) -> dict[str, dict[str, int]]:
     }
 
 
-def _atomic_save(obj: Any, path: Path) -> None:
+def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) -> None:
+    """Call ``write(file)`` on a temporary file beside ``path``, then rename it over ``path``; on any error the
+    temporary file is removed and ``path`` is untouched."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
+            write(f)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -75,7 +78,7 @@ def save_pruned(path: str | os.PathLike, model: nn.Module, record: PrunedModelRe
         "meta": record.meta,
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
     }
-    _atomic_save(payload, Path(path))
+    atomic_write(path, lambda f: torch.save(payload, f))
 
 
 def load_record(path: str | os.PathLike) -> dict:
