@@ -198,9 +198,7 @@ class DataDrivenImportance(ChannelScoreImportance):
                     observer._checked = (key, self._checked_targets(observer.targets, act.shape[0], name))
                 targets = observer._checked[1]
                 if targets.numel() != act.shape[0]:
-                    raise CalibrationError(
-                        f"got {targets.numel()} labels for a batch of {act.shape[0]} at layer {name!r}"
-                    )
+                    return  # not one row per image (a detector's RoI head, flattened tokens): no label to pair
             stat = self._stats.get(name)
             if stat is None or stat.channels != act.shape[1]:
                 stat = self._stats[name] = self.new_statistic(act.shape[1])

@@ -17,10 +17,10 @@ import torch_pruning as tp
 from tqdm import tqdm
 
 from . import __version__
-from .calibration import DataDrivenImportance
 from .counting import count_macs, count_params, stage_widths
 from .data import fashion_mnist, find_fashion_mnist
 from .models import attention_num_heads, classifier_layers, create_model, sync_attention_heads
+from .pruner import refresh_importance
 from .registry import create_importance, get_importance_info, list_importances
 from .serialization import PrunedModelRecord, _rebuild, atomic_write, load_record, save_pruned
 
@@ -79,11 +79,6 @@ def _validate(args: argparse.Namespace) -> None:
         info = get_importance_info(args.criterion)
     except KeyError as e:
         raise CLIError(str(e.args[0])) from None
-    if info.needs_grad:
-        raise CLIError(
-            f"criterion {args.criterion!r} needs gradients from a training loop; use it from Python, "
-            f"or choose one of: {', '.join(n for n in list_importances() if not get_importance_info(n).needs_grad)}"
-        )
     if info.needs_data and args.data is None:
         raise CLIError(f"criterion {args.criterion!r} needs calibration images: add --data fashion-mnist")
     if args.calibration_batches < 1:
@@ -181,6 +176,7 @@ def run(args: argparse.Namespace) -> dict:
     model.eval()
     x = torch.randn(1, *record.input_size)
     importance = create_importance(args.criterion)
+    needs_data = get_importance_info(args.criterion).needs_data
     timings: dict[str, float] = {}
     with tqdm(total=4, desc="entropy-prune", unit="stage", file=sys.stderr, disable=None) as bar:
         with _stage(bar, timings, "count_before_s", "counting (before)"):
@@ -195,8 +191,8 @@ def run(args: argparse.Namespace) -> dict:
             )
 
         with _stage(bar, timings, "score_and_prune_s", "scoring and pruning"):
-            if isinstance(importance, DataDrivenImportance):
-                importance.calibrate(model, _calibration_batches(args, record.input_size), progress=False)
+            if needs_data:  # our statistics, or Torch-Pruning's gradients / activation statistics
+                refresh_importance(importance, model, _calibration_batches(args, record.input_size))
             pruner.step()
             sync_attention_heads(model)
 

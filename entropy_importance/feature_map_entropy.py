@@ -20,14 +20,20 @@ class FeatureMapEntropyImportance(DataDrivenImportance):
 
     Inferred choices ([I], methods.md section 2): the bin range is the image's range over the *whole layer*
     (``bin_range="layer"``), so that an almost-flat map gets low entropy, which a per-map range
-    (``bin_range="map"``) would hide by stretching it over all bins; ``bins=None`` gives
-    ``clamp(ceil(sqrt(H*W)), 2, 64)`` (8 bins for 8x8 maps, 32 for 32x32); measured at the post-activation input of
-    the consuming layers (``where="input"``). Token inputs of linear layers ``(B, N, C)`` use the ``N`` tokens as
+    (``bin_range="map"``) would hide by stretching it over all bins; ``bins=16`` (``None`` gives
+    ``clamp(ceil(sqrt(H*W)), 2, 64)``: 8 bins for 8x8 maps, 32 for 32x32); measured at the output of the
+    conv/linear layer (``where="output"``; ``"input"`` is the post-activation input of the consuming layers);
+    ``normalizer="standarization"`` for global ranking. The real-data ablation (ResNet-56 on Fashion-MNIST,
+    validation split, 2x MAC speed-up, BatchNorm re-estimated) chose ``where="output"`` (+43 points: at the
+    consuming layers' input, after ReLU, most of a map is exactly zero), ``bins=16`` (+3.6 over automatic) and
+    standardisation for global ranking (+7.9 over ``"mean"``); ``bin_range="map"`` tied (+2.3). See
+    docs/benchmarks.md. Token inputs of linear layers ``(B, N, C)`` use the ``N`` tokens as
     positions; a ``(B, C)`` input has one position per map and scores 0.
     """
 
-    def __init__(self, bins: int | None = None, bin_range: str = "layer", where: str = "input", **kwargs) -> None:
-        super().__init__(where=where, **kwargs)
+    def __init__(self, bins: int | None = 16, bin_range: str = "layer", where: str = "output",
+                 normalizer="standarization", **kwargs) -> None:
+        super().__init__(where=where, normalizer=normalizer, **kwargs)
         if bins is not None and (not isinstance(bins, int) or bins < 2):
             raise ValueError(f"bins must be an integer >= 2 or None (automatic), got {bins!r}")
         if bin_range not in ("layer", "map"):

@@ -1,21 +1,88 @@
-"""A Torch-Pruning pruner that re-calibrates data-driven criteria before every step."""
+"""A Torch-Pruning pruner that refreshes data-dependent criteria before every step."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import itertools
+from collections.abc import Callable, Iterable
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 import torch_pruning as tp
 
-from .calibration import DataDrivenImportance
+from .calibration import CalibrationError, DataDrivenImportance, _to, split_batch
 
-__all__ = ["EntropyPruner"]
+__all__ = ["EntropyPruner", "refresh_importance"]
+
+
+def _calibrate(imp: DataDrivenImportance, model: nn.Module, data: Iterable, max_batches, device) -> None:
+    imp.calibrate(model, data, max_batches=max_batches, device=device)
+
+
+def _batches(data: Iterable, max_batches: int | None, device) -> list[tuple]:
+    batches = [(_to(x, device), y) for x, y in map(split_batch, itertools.islice(data, max_batches))]
+    if not batches:
+        raise CalibrationError("calibration data yielded no batches: give a non-empty loader")
+    return batches
+
+
+def _gradients(imp: tp.importance.Importance, model: nn.Module, data: Iterable, max_batches, device) -> None:
+    """Taylor criteria read ``param.grad``: leave the summed cross-entropy gradient of the batches."""
+    training = model.training
+    model.eval()  # no BatchNorm running-statistics update while measuring
+    model.zero_grad(set_to_none=True)
+    try:
+        for x, y in _batches(data, max_batches, device):
+            if y is None:
+                raise CalibrationError(f"{type(imp).__name__} needs class labels: give (input, target) batches")
+            F.cross_entropy(model(x), torch.as_tensor(y, device=x.device)).backward()
+    finally:
+        model.train(training)
+
+
+def _activations(imp: tp.importance.ActivationImportance, model: nn.Module, data: Iterable, max_batches,
+                 device) -> None:
+    """Torch-Pruning's ActivationImportance keeps the statistics of the last forward: run one over all batches."""
+    x = torch.cat([x for x, _ in _batches(data, max_batches, device)])
+    training = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), imp.compute_importance(model):
+            model(x)
+    finally:
+        model.train(training)
+
+
+_GRADIENT_CRITERIA = (tp.importance.GroupTaylorImportance,)
+
+#: how each data-dependent criterion is brought up to date with the current model (first match in MRO order).
+REFRESHERS: dict[type, Callable] = {
+    DataDrivenImportance: _calibrate,
+    tp.importance.GroupTaylorImportance: _gradients,
+    tp.importance.ActivationImportance: _activations,
+}
+
+
+def refresh_importance(importance: tp.importance.Importance, model: nn.Module, data: Iterable | None,
+                       max_batches: int | None = None, device: torch.device | str | None = None) -> bool:
+    """Recompute what ``importance`` measures on data (our statistics, Torch-Pruning's gradients or activations)
+    for the current ``model``; returns False for data-free criteria, which need nothing."""
+    refresher = next((REFRESHERS[c] for c in type(importance).__mro__ if c in REFRESHERS), None)
+    if refresher is None:
+        return False
+    if data is None:
+        raise ValueError(f"{type(importance).__name__} needs data: pass calibration_data= (an iterable of batches)")
+    if device is None:
+        param = next(model.parameters(), None)
+        device = param.device if param is not None else torch.device("cpu")
+    refresher(importance, model, data, max_batches, device)
+    return True
 
 
 class EntropyPruner(tp.pruner.BasePruner):
-    """``tp.pruner.BasePruner`` that calls ``importance.calibrate(model, calibration_data)`` before each
-    ``step()``, so that iterative pruning with a data-driven criterion is a one-line swap::
+    """``tp.pruner.BasePruner`` that refreshes data-dependent criteria (:func:`refresh_importance`: our
+    ``calibrate()``, Torch-Pruning's Taylor gradients and activation statistics) before each ``step()``, so that
+    iterative pruning with a data-driven criterion is a one-line swap::
 
         pruner = EntropyPruner(model, example_inputs, importance=create_importance("gap-entropy"),
                                calibration_data=loader, calibration_batches=10,
@@ -40,7 +107,7 @@ class EntropyPruner(tp.pruner.BasePruner):
         calibration_device: torch.device | str | None = None,
         **kwargs,
     ) -> None:
-        if isinstance(importance, DataDrivenImportance) and calibration_data is None:
+        if calibration_data is None and any(c in REFRESHERS for c in type(importance).__mro__):
             raise ValueError(
                 f"{type(importance).__name__} needs data: pass calibration_data= (an iterable of batches)"
             )
@@ -50,12 +117,13 @@ class EntropyPruner(tp.pruner.BasePruner):
         self.calibration_device = calibration_device
 
     def calibrate(self) -> None:
-        if isinstance(self.importance, DataDrivenImportance):
-            self.importance.calibrate(
-                self.model, self.calibration_data, max_batches=self.calibration_batches,
-                device=self.calibration_device,
-            )
+        refresh_importance(self.importance, self.model, self.calibration_data, self.calibration_batches,
+                           self.calibration_device)
 
     def step(self, interactive: bool = False):
         self.calibrate()
-        return super().step(interactive=interactive)
+        if interactive or not isinstance(self.importance, _GRADIENT_CRITERIA):
+            return super().step(interactive=interactive)
+        result = super().step()
+        self.model.zero_grad(set_to_none=True)  # the gradients we left are stale once shapes change
+        return result

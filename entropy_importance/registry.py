@@ -105,12 +105,12 @@ def _register_builtins() -> None:
     register_importance(ImportanceInfo(
         "channel-similarity-entropy", ChannelSimilarityEntropyImportance,
         paper="Geng & Niu, Computer Engineering 50(7):133-143, 2024 (FEC)",
-        description="H_i = entropy of filter i's mean-compressed channels grouped by similarity",
+        description="H_i = kernel entropy of the similarity of filter i's mean-compressed channels",
     ))
     register_importance(ImportanceInfo(
         "information-capacity", InformationCapacityImportance,
         paper="Tang et al., arXiv:2303.03645, IEEE TNNLS 2025",
-        description="s_i = minmax(H(hist W_i)) + sigma * minmax(mean_j 1 - |cos(W_i, W_j)|)",
+        description="s_i = minmax(H(hist W_i)) + sigma * minmax(mean_j ||W_i - W_j||)",
     ))
     register_importance(ImportanceInfo(
         "gap-entropy", GAPEntropyImportance,
@@ -142,6 +142,8 @@ def _register_builtins() -> None:
         ("tp-random", imp.RandomImportance, "-", "uniform random scores", {}, {}),
         ("tp-taylor", imp.GroupTaylorImportance, "Molchanov et al., CVPR 2019", "|w * dL/dw|", {},
          {"needs_data": True, "needs_labels": True, "needs_grad": True}),
+        ("tp-activation", imp.ActivationImportance, tp_paper, "mean |input activation| of the next layer", {},
+         {"needs_data": True}),
     ):
         register_importance(ImportanceInfo(
             name, factory, paper, description, source="torch-pruning", defaults=defaults, **extra,

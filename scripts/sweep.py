@@ -1,16 +1,19 @@
 """Coverage sweep: does ``entropy_importance.prune()`` prune and run every timm family and torchvision model?
 
     python scripts/sweep.py [--criteria NAME ...] [--timm-only | --torchvision-only] [--all-models]
-                            [--max-params 100e6] [--size 224] [--timeout 300] [--memory-gb 8]
-                            [--out docs/coverage.md] [--jsonl sweep.jsonl] [--resume]
+                            [--max-params 100e6] [--max-params-torchvision 150e6] [--size 224]
+                            [--timeout 600] [--memory-gb 16] [--out docs/coverage.md] [--jsonl sweep.jsonl]
+                            [--resume] [--retry-failed]
 
 One model per timm architecture family (the smallest, skipping > ``--max-params``; ``--all-models`` for every
-model) and the torchvision classification and detection models. Each model runs in its own subprocess with a
-time and memory limit; inside it, plain Torch-Pruning (``MagnitudeImportance``, classifier ignored, nothing
-else configured) and ``prune()`` with each criterion prune it at ratio 0.5 (data-driven criteria are calibrated
-on 2 batches of random images). A run passes when the pruned model runs, its outputs keep their structure and
-shapes, and its MACs (Torch-Pruning's counter) dropped. Results are appended to ``--jsonl`` (``--resume`` skips
-models already there) and summarised in ``--out``.
+model) and the torchvision classification and detection models (detectors resize their input to 320 px, their
+smallest standard size, and fixed-size timm models are built for the smallest multiple of ``--size`` they accept,
+to keep the sweep affordable on a CPU). Each model runs in its own subprocess with a time
+and memory limit (results finished before a timeout are kept); inside it, plain Torch-Pruning
+(``MagnitudeImportance``, classifier ignored, nothing else configured) and ``prune()`` with each criterion prune it
+at ratio 0.5 (data-driven criteria are calibrated on 2 batches of random images). A run passes when the pruned
+model runs, its outputs keep their structure and shapes, and its MACs (Torch-Pruning's counter) dropped. Results
+are appended to ``--jsonl`` (``--resume`` skips models already there) and summarised in ``--out``.
 """
 
 from __future__ import annotations
@@ -56,12 +59,34 @@ def timm_families(all_models: bool, max_params: float) -> list[str]:
     return chosen
 
 
-def torchvision_models() -> list[str]:
+def torchvision_models(max_params: float) -> tuple[list[str], dict[str, int]]:
+    """Classification + detection models within ``max_params``, and the skipped ones with their sizes."""
+    import torch
     import torchvision
+
+    from entropy_importance.models import create_model
 
     classification = torchvision.models.list_models(module=torchvision.models)
     detection = [m for m in DETECTION if m in torchvision.models.list_models()]
-    return [f"torchvision:{m}" for m in classification + detection]
+    chosen, skipped = [], {}
+    for name in classification + detection:
+        spec = f"torchvision:{name}"
+        try:
+            with torch.device("meta"):
+                n = sum(p.numel() for p in create_model(spec, **_detector_kwargs(name)).parameters())
+        except NotImplementedError:  # builders that compute widths with tensors (RegNet) need real memory
+            n = sum(p.numel() for p in create_model(spec, **_detector_kwargs(name)).parameters())
+        if n <= max_params:
+            chosen.append(spec)
+        else:
+            skipped[spec] = n
+    return chosen, skipped
+
+
+def _detector_kwargs(name: str) -> dict:
+    if name.startswith(("fasterrcnn", "retinanet", "fcos", "maskrcnn", "keypointrcnn")):
+        return {"min_size": 320, "max_size": 320}
+    return {}
 
 
 def _limit_memory(gb: float) -> None:
@@ -71,7 +96,7 @@ def _limit_memory(gb: float) -> None:
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
 
 
-def run_one(spec: str, criteria: list[str], size: int) -> list[dict]:
+def run_one(spec: str, criteria: list[str], size: int) -> None:
     """Inside the child process: plain Torch-Pruning, then prune() with each criterion."""
     import warnings
 
@@ -93,15 +118,24 @@ def run_one(spec: str, criteria: list[str], size: int) -> list[dict]:
 
             model = timm.create_model(name, pretrained=False, num_classes=10)
             cfg = getattr(model, "pretrained_cfg", {}) or {}
-            s = min(size, (cfg.get("input_size") or (3, size, size))[-1])
-            if (cfg.get("fixed_input_size") or s != size) and s != (cfg.get("input_size") or (0, 0, 0))[-1]:
-                s = cfg["input_size"][-1]
-            return model.eval(), torch.randn(1, 3, s, s)
-        model = create_model(spec, num_classes=None if detection else 10)
+            native = (cfg.get("input_size") or (3, size, size))[-1]
+            if not cfg.get("fixed_input_size"):
+                s = max(min(size, native), (cfg.get("min_input_size") or (3, 0, 0))[-1])
+                return model.eval(), torch.randn(1, 3, s, s)
+            # fixed-size models (ViTs, Swin, ...): rebuilt for the smallest of size, 2*size, ... that they accept
+            for s in range(size, native, size):
+                try:
+                    small = timm.create_model(name, pretrained=False, num_classes=10, img_size=s).eval()
+                    x = torch.randn(1, 3, s, s)
+                    _forward(small, x)
+                    return small, x
+                except Exception:  # noqa: BLE001 - this size or the img_size argument is not supported
+                    continue
+            return model.eval(), torch.randn(1, 3, native, native)
+        model = create_model(spec, num_classes=None if detection else 10, **_detector_kwargs(name))
         s = 320 if detection else min(size, 224)
         return model.eval(), torch.randn(1, 3, s, s)
 
-    results = []
     model, x = build()
     params = sum(p.numel() for p in model.parameters())
     reference = _signature(_forward(model, x), _batch_size(x))
@@ -124,8 +158,8 @@ def run_one(spec: str, criteria: list[str], size: int) -> list[dict]:
         failure = check(model)
     except Exception as e:  # noqa: BLE001
         failure = f"{type(e).__name__}: {str(e).splitlines()[0][:150] if str(e) else ''}"
-    results.append({"spec": spec, "criterion": BASELINE, "ok": failure is None, "reason": failure,
-                    "seconds": time.perf_counter() - t, "params": params, "input": list(x.shape)})
+    _emit({"spec": spec, "criterion": BASELINE, "ok": failure is None, "reason": failure,
+           "seconds": time.perf_counter() - t, "params": params, "input": list(x.shape)})
 
     g = torch.Generator().manual_seed(0)
     data = [(torch.randn(2, *x.shape[1:], generator=g), torch.randint(0, 10, (2,), generator=g)) for _ in range(2)]
@@ -138,13 +172,16 @@ def run_one(spec: str, criteria: list[str], size: int) -> list[dict]:
             kept = {k: v for k, v in report.kept_unpruned.items() if "classifier" not in v and "head" not in v}
         except Exception as e:  # noqa: BLE001
             failure, kept = f"{type(e).__name__}: {str(e).splitlines()[0][:150] if str(e) else ''}", {}
-        results.append({"spec": spec, "criterion": criterion, "ok": failure is None, "reason": failure,
-                        "kept": kept, "seconds": time.perf_counter() - t, "params": params,
-                        "input": list(x.shape)})
-    return results
+        _emit({"spec": spec, "criterion": criterion, "ok": failure is None, "reason": failure,
+               "kept": kept, "seconds": time.perf_counter() - t, "params": params, "input": list(x.shape)})
 
 
-def write_markdown(rows: list[dict], criteria: list[str], path: Path, command: str) -> None:
+def _emit(row: dict) -> None:
+    print("RESULT " + json.dumps(row), flush=True)
+
+
+def write_markdown(rows: list[dict], criteria: list[str], path: Path, command: str,
+                   skipped: dict[str, int]) -> None:
     by_spec: dict[str, dict[str, dict]] = defaultdict(dict)
     for r in rows:
         by_spec[r["spec"]][r["criterion"]] = r
@@ -176,6 +213,9 @@ def write_markdown(rows: list[dict], criteria: list[str], path: Path, command: s
             note = "; ".join(dict.fromkeys(notes))[:400].replace("|", "/")
             lines.append(f"| `{s}` | " + " | ".join(cells) + f" | {note} |")
         lines.append("")
+    if skipped:
+        lines += ["## Not swept (over the parameter limit)", "",
+                  ", ".join(f"`{s}` ({n / 1e6:.0f} M)" for s, n in sorted(skipped.items())), ""]
     path.write_text("\n".join(lines))
 
 
@@ -186,13 +226,17 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--torchvision-only", action="store_true")
     p.add_argument("--all-models", action="store_true")
     p.add_argument("--models", nargs="*", default=None, help="explicit list of specs")
-    p.add_argument("--max-params", type=float, default=100e6)
+    p.add_argument("--max-params", type=float, default=100e6, help="timm: skip larger models")
+    p.add_argument("--max-params-torchvision", type=float, default=150e6,
+                   help="torchvision: skip larger models (150 M keeps the VGGs)")
     p.add_argument("--size", type=int, default=224)
-    p.add_argument("--timeout", type=float, default=300)
-    p.add_argument("--memory-gb", type=float, default=8)
+    p.add_argument("--timeout", type=float, default=600)
+    p.add_argument("--memory-gb", type=float, default=16,
+                   help="address-space limit per model (CUDA builds of torch map several GB of it at import)")
     p.add_argument("--out", default="docs/coverage.md")
     p.add_argument("--jsonl", default="sweep.jsonl")
-    p.add_argument("--resume", action="store_true")
+    p.add_argument("--resume", action="store_true", help="skip models already in --jsonl")
+    p.add_argument("--retry-failed", action="store_true", help="with --resume: run models with a failure again")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
 
@@ -201,16 +245,20 @@ def main(argv: list[str] | None = None) -> None:
     criteria = args.criteria or list_importances(source="entropy-importance")
     if args.child:
         _limit_memory(args.memory_gb)
-        for row in run_one(args.child, criteria, args.size):
-            print("RESULT " + json.dumps(row), flush=True)
+        run_one(args.child, criteria, args.size)
         return
 
-    specs = args.models or (
-        ([] if args.torchvision_only else timm_families(args.all_models, args.max_params))
-        + ([] if args.timm_only else torchvision_models())
-    )
+    skipped: dict[str, int] = {}
+    specs = args.models or ([] if args.torchvision_only else timm_families(args.all_models, args.max_params))
+    if not args.models and not args.timm_only:
+        tv, skipped = torchvision_models(args.max_params_torchvision)
+        specs += tv
     jsonl = Path(args.jsonl)
     rows = [json.loads(line) for line in jsonl.read_text().splitlines()] if args.resume and jsonl.exists() else []
+    if args.retry_failed:
+        failed = {r["spec"] for r in rows if not r["ok"]}
+        rows = [r for r in rows if r["spec"] not in failed]
+        jsonl.write_text("".join(json.dumps(r) + "\n" for r in rows))
     done = {r["spec"] for r in rows}
     from tqdm import tqdm
 
@@ -219,22 +267,23 @@ def main(argv: list[str] | None = None) -> None:
             continue
         cmd = [sys.executable, __file__, "--child", spec, "--size", str(args.size),
                "--memory-gb", str(args.memory_gb), "--criteria", *criteria]
+        env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")}
         try:
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout,
-                                  env={**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")})
-            got = [json.loads(line[7:]) for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
-            if not got:
-                tail = (proc.stderr.strip().splitlines() or ["no output"])[-1][:150]
-                got = [{"spec": spec, "criterion": c, "ok": False, "reason": f"crashed: {tail}"}
-                       for c in [BASELINE] + criteria]
-        except subprocess.TimeoutExpired:
-            got = [{"spec": spec, "criterion": c, "ok": False, "reason": f"timeout > {args.timeout:.0f} s"}
-                   for c in [BASELINE] + criteria]
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout, env=env)
+            stdout, missing = proc.stdout, f"crashed: {(proc.stderr.strip().splitlines() or ['no output'])[-1][:150]}"
+        except subprocess.TimeoutExpired as e:
+            out = e.stdout or ""
+            stdout, missing = out.decode() if isinstance(out, bytes) else out, f"timeout > {args.timeout:.0f} s"
+        got = [json.loads(line[7:]) for line in stdout.splitlines() if line.startswith("RESULT ")]
+        have = {r["criterion"] for r in got}
+        got += [{"spec": spec, "criterion": c, "ok": False, "reason": missing}
+                for c in [BASELINE] + criteria if c not in have]
         with jsonl.open("a") as f:
             for row in got:
                 f.write(json.dumps(row) + "\n")
         rows += got
-        write_markdown(rows, criteria, Path(args.out), "python scripts/sweep.py " + " ".join(argv or sys.argv[1:]))
+        write_markdown(rows, criteria, Path(args.out), "python scripts/sweep.py " + " ".join(argv or sys.argv[1:]),
+                       skipped)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ import torch_pruning as tp
 
 from entropy_importance import create_importance
 from entropy_importance.counting import count_params
+from entropy_importance.data import find_fashion_mnist
 from entropy_importance.models import attention_num_heads, classifier_layers, sync_attention_heads
 from entropy_importance.serialization import PrunedModelRecord, load_pruned, save_pruned
 
@@ -75,3 +76,18 @@ def test_saved_model_reloads_with_identical_outputs(tmp_path, name):
     save_pruned(path, model, record)
     reloaded = load_pruned(path)
     assert torch.equal(reloaded(x), model(x))
+
+
+@pytest.mark.skipif(find_fashion_mnist() is None, reason="needs dataset-fashion-mnist (installed by .ci/run)")
+@pytest.mark.parametrize("criterion", ["tp-activation", "tp-taylor", "conditional-entropy"])
+def test_cli_refreshes_every_data_dependent_criterion(tmp_path, criterion):
+    report = tmp_path / "report.json"
+    proc = subprocess.run(
+        CLI + ["--criterion", criterion, "--data", "fashion-mnist", "--calibration-batches", "1",
+               "--input-size", "3", "64", "64", "--json", str(report)],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    r = json.loads(report.read_text())
+    assert r["after"]["widths"]["layer4"] == 256 and r["after"]["params"] < r["before"]["params"]
+    assert "does not have _importance" not in proc.stderr  # activation statistics were collected

@@ -35,7 +35,8 @@ def _fec_oracle(w: np.ndarray) -> np.ndarray:
 
 def test_fec_histogram_matches_numpy_oracle():
     conv = _planted_conv()
-    imp = ChannelSimilarityEntropyImportance(group_reduction="first", normalizer=None, tie_break=False)
+    imp = ChannelSimilarityEntropyImportance(construction="histogram", group_reduction="first", normalizer=None,
+                                             tie_break=False)
     scores = imp(_conv_group(conv, 16)).numpy()
     np.testing.assert_allclose(scores, _fec_oracle(conv.weight.detach().numpy()), atol=1e-5)
 
@@ -81,7 +82,8 @@ def _tang_oracle(w: np.ndarray, sigma: float) -> np.ndarray:
 def test_tang_matches_numpy_oracle(sigma):
     torch.manual_seed(3)
     conv = nn.Conv2d(8, 7, 3)
-    imp = InformationCapacityImportance(sigma=sigma, group_reduction="first", normalizer=None, tie_break=False)
+    imp = InformationCapacityImportance(sigma=sigma, independence="cosine", group_reduction="first", normalizer=None,
+                                        tie_break=False)
     scores = imp(_conv_group(conv, 8)).numpy()
     np.testing.assert_allclose(scores, _tang_oracle(conv.weight.detach().numpy(), sigma), atol=1e-4)
 
@@ -91,7 +93,8 @@ def test_tang_duplicated_filters_have_lowest_independence():
     conv = nn.Conv2d(8, 7, 3)
     with torch.no_grad():
         conv.weight[5] = -2.0 * conv.weight[1]  # |cos| = 1: the same direction
-    imp = InformationCapacityImportance(capacity_weight=0.0, sigma=1.0, group_reduction="first", normalizer=None)
+    imp = InformationCapacityImportance(capacity_weight=0.0, sigma=1.0, independence="cosine",
+                                        group_reduction="first", normalizer=None)
     ii = imp(_conv_group(conv, 8))
     lowest_two = set(torch.argsort(ii)[:2].tolist())
     assert lowest_two == {1, 5}
@@ -103,8 +106,8 @@ def test_tang_independence_subsampling_estimates_the_mean():
     centres = torch.randn(6, 40)
     sizes = [10, 40, 60, 90, 150, 250]
     w = torch.cat([c + 0.5 * torch.randn(k, 40) for c, k in zip(centres, sizes, strict=True)])
-    exact = InformationCapacityImportance(independence_samples=None).independence_of(w)
-    sampled = InformationCapacityImportance(independence_samples=300).independence_of(w)
+    exact = InformationCapacityImportance(independence="cosine", independence_samples=None).independence_of(w)
+    sampled = InformationCapacityImportance(independence="cosine", independence_samples=300).independence_of(w)
     assert (sampled - exact).abs().max() < 0.03
     assert torch.corrcoef(torch.stack([exact, sampled]))[0, 1] > 0.9
 

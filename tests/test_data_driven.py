@@ -71,7 +71,8 @@ def test_dead_and_constant_channels_rank_lowest(cls):
 
 def test_label_carrying_channel_ranks_highest_for_conditional_entropy():
     model = Planted()
-    imp = ConditionalEntropyImportance(normalizer=None, tie_break=False).calibrate(model, planted_batches(n=1024))
+    imp = ConditionalEntropyImportance(normalizer=None, tie_break=False, where="input", bins=None)
+    imp.calibrate(model, planted_batches(n=1024))
     s = conv1_scores(imp, model)
     assert s.argmax().item() == 2
     assert s[2] > 1.0  # close to H(Y) = log 4 = 1.386
@@ -111,11 +112,11 @@ def test_float32_statistics_under_autocast(cls):
 
 def test_reservoir_bounds_memory():
     model = Planted()
-    imp = GAPEntropyImportance(max_samples=100).calibrate(model, planted_batches(n=256, batch=64))
+    imp = GAPEntropyImportance(max_samples=100, where="input").calibrate(model, planted_batches(n=256, batch=64))
     stat = imp._stats["conv2"]
     values, _ = stat.samples()
     assert values.shape == (100, 6) and stat.num_images == 256
-    everything = GAPEntropyImportance(max_samples=1000).calibrate(model, planted_batches(n=256))
+    everything = GAPEntropyImportance(max_samples=1000, where="input").calibrate(model, planted_batches(n=256))
     all_values, _ = everything._stats["conv2"].samples()
     # every kept row is one of the real responses
     assert (values[:, None] - all_values[None]).abs().amax(-1).min(1).values.max() < 1e-5
