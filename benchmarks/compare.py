@@ -60,16 +60,25 @@ OURS = list_importances(source="entropy-importance")
 BUILTINS = ["tp-magnitude-l1", "tp-magnitude-l2", "tp-fpgm", "tp-lamp", "tp-bn-scale", "tp-taylor", "tp-random",
             "tp-activation"]
 
-#: one option changed at a time from the default; the first value listed is the current default.
+#: one option changed at a time from the default; the first value listed is the current default of the code
+#: (the 2026-11-21 quick run started from: where="input" everywhere, bins=None, construction="histogram",
+#: independence="cosine", normalizer="mean"; its plan row in the results file records that).
 ABLATIONS: dict[str, dict[str, list]] = {
-    "gap-entropy": {"bins": [None, 16, 64], "edges": ["channel", "layer", "quantile"], "where": ["input", "output"]},
-    "feature-map-entropy": {"bins": [None, 16, 64], "bin_range": ["layer", "map"], "where": ["input", "output"]},
-    "conditional-entropy": {"bins": [None, 8, 32], "edges": ["channel", "quantile"], "where": ["input", "output"]},
-    "channel-similarity-entropy": {"construction": ["histogram", "kernel"], "edges": ["layer", "channel"]},
-    "information-capacity": {"sigma": [1.0, 0.5, 2.0], "independence": ["cosine", "euclidean"],
+    "gap-entropy": {"bins": [None, 16, 64], "edges": ["channel", "layer", "quantile"], "where": ["output", "input"]},
+    "feature-map-entropy": {"bins": [16, None, 64], "bin_range": ["layer", "map"], "where": ["output", "input"]},
+    "conditional-entropy": {"bins": [8, None, 32], "edges": ["channel", "quantile"], "where": ["output", "input"]},
+    "channel-similarity-entropy": {"construction": ["kernel", "histogram"], "edges": ["layer", "channel"]},
+    "information-capacity": {"sigma": [1.0, 0.5, 2.0], "independence": ["euclidean", "cosine"],
                              "edges": ["layer", "channel"]},
 }
-NORMALIZERS = ["mean", "max", "standarization"]  # the first is the current default
+#: per-layer normaliser for global ranking, per criterion, current default first.
+NORMALIZERS: dict[str, list] = {
+    "gap-entropy": ["mean", "max", "standarization"],
+    "feature-map-entropy": ["standarization", "mean", "max"],
+    "conditional-entropy": ["mean", "max", "standarization"],
+    "channel-similarity-entropy": ["mean", "max", "standarization"],
+    "information-capacity": ["standarization", "mean", "max"],
+}
 
 
 @dataclass
@@ -193,13 +202,19 @@ def run_grid(cfg: Config, results: Path, cache: Path) -> None:
                     _record(results, done, row)
 
 
+def _plan(rows: list[dict]) -> tuple[dict, list]:
+    """The ablation lists as they were when the results were made (first value = the default then)."""
+    plan = next((r for r in rows if r["kind"] == "plan"), None)
+    return (plan["ablations"], plan["normalizers"]) if plan else (ABLATIONS, NORMALIZERS)
+
+
 def chosen_options(results: Path) -> dict[str, dict]:
     """Options that won their ablation (differing from the current default), per criterion."""
     from .compare_report import ablation_decisions
 
     rows = [json.loads(line) for line in results.read_text().splitlines() if line.strip()]
     chosen: dict[str, dict] = {}
-    for d in ablation_decisions(rows, ABLATIONS, NORMALIZERS):
+    for d in ablation_decisions(rows, *_plan(rows)):
         if d["chosen"] != d["default"]:
             chosen.setdefault(d["criterion"], {})[d["option"]] = d["chosen"]
     return chosen
@@ -227,8 +242,11 @@ def _ablations(cfg, arch, seed, base, splits, calib, results, done) -> None:
     # the default configuration runs once per criterion and ranking mode (options {}), alternatives one at a time
     jobs = [(m, c, {}) for c in ABLATIONS for m in ("local", "global")]
     jobs += [("local", c, {o: v}) for c, opts in ABLATIONS.items() for o, vs in opts.items() for v in vs[1:]]
-    jobs += [("global", c, {"normalizer": n}) for c in OURS for n in NORMALIZERS[1:]]
+    jobs += [("global", c, {"normalizer": n}) for c, ns in NORMALIZERS.items() for n in ns[1:]]
     jobs = [(_key("ablation", arch, seed, m, c, json.dumps(o)), (m, c, o)) for m, c, o in jobs]
+    # which value was the default when the {} runs were made: the report labels decisions with it
+    _record(results, done, {"kind": "plan", "arch": arch, "seed": seed, "ablations": ABLATIONS,
+                            "normalizers": NORMALIZERS})
     for key, (mode, criterion, options) in tqdm(jobs, desc=f"ablations {arch} seed {seed}", unit="run"):
         if key in done:
             continue
@@ -254,6 +272,8 @@ def _row_key(row: dict) -> str:
         return _key("base", row["arch"], row["seed"])
     if row["kind"] == "session":
         return _key("session", row["at"])
+    if row["kind"] == "plan":
+        return _key("plan", row["arch"], row["seed"])
     if row["kind"] == "prune":
         return _key("prune", row["arch"], row["seed"], row["mode"], row["criterion"])
     return _key("ablation", row["arch"], row["seed"], row["mode"], row["criterion"], json.dumps(row["options"]))
@@ -267,7 +287,7 @@ def _done_keys(results: Path) -> set[str]:
 
 def _record(results: Path, done: set[str], row: dict) -> None:
     key = _row_key(row)
-    if row["kind"] == "base" and key in done:
+    if row["kind"] in ("base", "plan") and key in done:
         return
     results.parent.mkdir(parents=True, exist_ok=True)
     with results.open("a") as f:

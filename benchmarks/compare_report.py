@@ -45,7 +45,7 @@ def aggregate(rows: list[dict]) -> dict:
 
 
 def ablation_decisions(rows: list[dict], defaults_first: dict[str, dict[str, list]],
-                       normalizers: list[str]) -> list[dict]:
+                       normalizers: dict[str, list] | list[str]) -> list[dict]:
     """One decision per (criterion, option): the default stays unless an alternative beats it by > 2 SE."""
     acc: dict = defaultdict(list)
     n_val: dict = {}
@@ -56,7 +56,9 @@ def ablation_decisions(rows: list[dict], defaults_first: dict[str, dict[str, lis
             n_val[r["arch"]] = r["n_val"]
     decisions = []
     options = [(c, o, vs, "local") for c, opts in defaults_first.items() for o, vs in opts.items()]
-    options += [(c, "normalizer", normalizers, "global") for c in sorted(OURS)]
+    if isinstance(normalizers, list):  # one list for every criterion
+        normalizers = dict.fromkeys(sorted(OURS), normalizers)
+    options += [(c, "normalizer", values, "global") for c, values in sorted(normalizers.items())]
     for arch in sorted(n_val):
         for criterion, option, values, mode in options:
             measured = {v: acc[(arch, mode, criterion, option, json.dumps(v))] for v in values[1:]}
@@ -205,12 +207,12 @@ def _plot(table: dict, path: Path) -> bool:
 
 
 def write_report(results: Path, docs: Path, config: dict, command: str) -> None:
-    from .compare import ABLATIONS, NORMALIZERS
+    from .compare import _plan
 
     rows = [json.loads(line) for line in results.read_text().splitlines() if line.strip()]
     table = aggregate(rows)
     n_test = config.get("test_limit") or 10000
-    decisions = ablation_decisions(rows, ABLATIONS, NORMALIZERS)
+    decisions = ablation_decisions(rows, *_plan(rows))
     verdict = verdicts(table, n_test)
     docs.mkdir(parents=True, exist_ok=True)
     section = _markdown(rows, table, decisions, verdict, config, command)

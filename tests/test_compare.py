@@ -25,11 +25,11 @@ def test_an_alternative_replaces_the_default_only_beyond_two_standard_errors():
     # 2 SE at 80 % on 2000 images: 2 * 100 * sqrt(2 * 0.8 * 0.2 / 2000) = 2.53 points
     rows = [_ablation(None, 80.0), _ablation(16, 83.0), _ablation(64, 79.0)]
     rows[0]["options"] = {}  # the default configuration is run once, with no options
-    (d,) = ablation_decisions(rows, {"gap-entropy": {"bins": [None, 16, 64]}}, [])
+    (d,) = ablation_decisions(rows, {"gap-entropy": {"bins": [None, 16, 64]}}, {})
     assert d["threshold"] == pytest.approx(2.5298, abs=1e-3)
     assert d["best"] == 16 and d["chosen"] == 16
     rows[1]["val"] = 82.0
-    (d,) = ablation_decisions(rows, {"gap-entropy": {"bins": [None, 16, 64]}}, [])
+    (d,) = ablation_decisions(rows, {"gap-entropy": {"bins": [None, 16, 64]}}, {})
     assert d["best"] == 16 and d["chosen"] is None
 
 
@@ -62,7 +62,7 @@ def test_tiny_end_to_end_run_resumes_and_reports(tmp_path, monkeypatch):
     monkeypatch.setattr(compare, "OURS", ["gap-entropy"])
     monkeypatch.setattr(compare, "BUILTINS", ["tp-magnitude-l1", "tp-random"])
     monkeypatch.setattr(compare, "ABLATIONS", {"gap-entropy": {"where": ["input", "output"]}})
-    monkeypatch.setattr(compare, "NORMALIZERS", ["mean", "max"])
+    monkeypatch.setattr(compare, "NORMALIZERS", {"gap-entropy": ["mean", "max"]})
     cfg = compare.Config(archs=["tiny"], seeds=[0], train_limit=600, val_limit=200, test_limit=200, epochs=1,
                          modes=["local"], steps=20, calibration_batches=2, calibration_batch_size=32,
                          finetune_images=128, ablation_archs=["tiny"])
