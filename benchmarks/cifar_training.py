@@ -20,6 +20,7 @@ from tqdm import tqdm
 
 from entropy_importance.cifar import resnet56, vgg16_bn
 from entropy_importance.data import fashion_mnist
+from entropy_importance.serialization import atomic_write
 
 __all__ = ["Split", "Splits", "load_splits", "batches", "train", "evaluate", "recalibrate_batchnorm", "trained_model",
            "ARCHITECTURES"]
@@ -139,7 +140,5 @@ def trained_model(arch: str, seed: int, splits: Splits, epochs: float, lr: float
         return model.eval()
     train(model, splits.train, epochs, lr, seed, desc=f"train {arch} seed {seed}")
     cache.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    torch.save(model.state_dict(), tmp)
-    tmp.replace(path)
+    atomic_write(path, lambda f: torch.save(model.state_dict(), f))
     return model.eval()

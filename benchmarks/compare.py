@@ -313,7 +313,6 @@ def main(argv: list[str] | None = None) -> None:
     cfg.seeds = args.seeds if args.seeds is not None else cfg.seeds
     name = "quick" if args.quick else "full"
     results = Path(args.results or f"runs/compare-{name}.jsonl")
-    torch.set_num_threads(torch.get_num_threads())
     t = time.perf_counter()
     if not args.report:
         run_grid(cfg, results, Path(args.cache))

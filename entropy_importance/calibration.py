@@ -75,6 +75,12 @@ def split_batch(batch: Any) -> tuple[Any, Tensor | None]:
     raise CalibrationError(f"cannot read a batch of type {type(batch).__name__}: give tensors, tuples or dicts")
 
 
+def model_device(model: nn.Module) -> torch.device:
+    """The device of the model's first parameter (CPU for a parameter-free model)."""
+    param = next(model.parameters(), None)
+    return param.device if param is not None else torch.device("cpu")
+
+
 def _to(x: Any, device: torch.device) -> Any:
     if isinstance(x, Tensor):
         return x.to(device, non_blocking=True)
@@ -246,8 +252,7 @@ class DataDrivenImportance(ChannelScoreImportance):
         if max_batches is not None and max_batches < 1:
             raise ValueError(f"max_batches must be >= 1 or None, got {max_batches}")
         if device is None:
-            param = next(model.parameters(), None)
-            device = param.device if param is not None else torch.device("cpu")
+            device = model_device(model)
         previous, previous_names = self._stats, self._names
         self._stats, self._names = {}, weakref.WeakKeyDictionary()
         try:

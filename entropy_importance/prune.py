@@ -26,10 +26,10 @@ import torch
 import torch.nn as nn
 import torch_pruning as tp
 
-from .calibration import CalibrationError, DataDrivenImportance, NotCalibratedError, StaleStatisticsError
+from .calibration import CalibrationError, NotCalibratedError, StaleStatisticsError
 from .counting import count_params, stage_widths
 from .models import attention_num_heads, classifier_layers, sync_attention_heads
-from .pruner import EntropyPruner
+from .pruner import EntropyPruner, needs_refresh
 from .registry import create_importance
 
 __all__ = ["prune", "PruneReport", "head_layers"]
@@ -160,7 +160,7 @@ def _validate(ratio: float, speed_up: float | None, importance, calibration_data
         raise ValueError(f"ratio must be in [0, 1), got {ratio!r}")
     if speed_up is not None and not (isinstance(speed_up, (int, float)) and math.isfinite(speed_up) and speed_up > 1):
         raise ValueError(f"speed_up must be a number > 1 (base MACs / pruned MACs), got {speed_up!r}")
-    if isinstance(importance, DataDrivenImportance) and calibration_data is None:
+    if calibration_data is None and needs_refresh(importance):
         raise ValueError(f"{type(importance).__name__} needs data: pass calibration_data= (an iterable of batches)")
     for key in ("pruning_ratio", "iterative_steps", "ignored_layers", "num_heads", "importance"):
         if key in tp_kwargs:

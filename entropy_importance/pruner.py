@@ -10,7 +10,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torch_pruning as tp
 
-from .calibration import CalibrationError, DataDrivenImportance, _to, split_batch
+from .calibration import CalibrationError, DataDrivenImportance, _to, model_device, split_batch
 
 __all__ = ["EntropyPruner", "refresh_importance"]
 
@@ -63,6 +63,11 @@ REFRESHERS: dict[type, Callable] = {
 }
 
 
+def needs_refresh(importance: tp.importance.Importance) -> bool:
+    """Whether ``importance`` measures something on data that :func:`refresh_importance` must bring up to date."""
+    return any(c in REFRESHERS for c in type(importance).__mro__)
+
+
 def refresh_importance(importance: tp.importance.Importance, model: nn.Module, data: Iterable | None,
                        max_batches: int | None = None, device: torch.device | str | None = None) -> bool:
     """Recompute what ``importance`` measures on data (our statistics, Torch-Pruning's gradients or activations)
@@ -73,8 +78,7 @@ def refresh_importance(importance: tp.importance.Importance, model: nn.Module, d
     if data is None:
         raise ValueError(f"{type(importance).__name__} needs data: pass calibration_data= (an iterable of batches)")
     if device is None:
-        param = next(model.parameters(), None)
-        device = param.device if param is not None else torch.device("cpu")
+        device = model_device(model)
     refresher(importance, model, data, max_batches, device)
     return True
 
@@ -107,7 +111,7 @@ class EntropyPruner(tp.pruner.BasePruner):
         calibration_device: torch.device | str | None = None,
         **kwargs,
     ) -> None:
-        if calibration_data is None and any(c in REFRESHERS for c in type(importance).__mro__):
+        if calibration_data is None and needs_refresh(importance):
             raise ValueError(
                 f"{type(importance).__name__} needs data: pass calibration_data= (an iterable of batches)"
             )

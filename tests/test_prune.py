@@ -99,3 +99,13 @@ def test_a_failing_calibration_leaves_the_model_unchanged():
     with pytest.raises(ValueError, match="labels"):
         prune(model, torch.randn(1, 3, 8, 8), "conditional-entropy", calibration_data=[torch.randn(4, 3, 8, 8)])
     assert _same(model, reference.state_dict())
+
+
+def test_prune_with_taylor_and_no_data_is_an_argument_error():
+    import torchvision
+
+    model = torchvision.models.resnet18(num_classes=10)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(ValueError, match="needs data: pass calibration_data"):
+        prune(model, torch.randn(1, 3, 32, 32), "tp-taylor", ratio=0.3)
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
