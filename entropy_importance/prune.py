@@ -8,7 +8,8 @@ What it configures so that the caller does not have to:
 * fused-qkv attention blocks get ``num_heads`` for Torch-Pruning and their ``head_dim`` / ``attn_dim`` fixed afterwards;
 * groups whose pruning breaks the forward pass are found one by one, kept unpruned, and pruning is redone
   without them (``kept_unpruned`` in the report says which and why);
-* a MAC speed-up target is reached by small progressive steps, re-calibrating data-driven criteria each step.
+* a MAC speed-up target is reached by small progressive steps, re-calibrating data-driven criteria each step;
+* splits, and concats whose input widths Torch-Pruning cannot infer, get exact widths (:mod:`.tp_compat`).
 
 The caller's model is never modified: pruning runs on a deep copy, which is returned.
 """
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import math
+import re
 import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -31,6 +33,7 @@ from .counting import count_params, stage_widths
 from .models import attention_num_heads, classifier_layers, sync_attention_heads
 from .pruner import EntropyPruner, needs_refresh
 from .registry import create_importance
+from .tp_compat import exact_widths, group_formation_time_limit, record_concat_widths
 
 __all__ = ["prune", "PruneReport", "head_layers"]
 
@@ -134,9 +137,17 @@ def _widths(model: nn.Module, x: Any) -> dict[str, int]:
 class _GroupFailure(Exception):
     """A group whose pruning fails; ``roots`` are its layers that could root it (out-channel conv/linear)."""
 
-    def __init__(self, roots: list[str], reason: str) -> None:
+    def __init__(self, roots: list[str], reason: str, formation: bool = False) -> None:
         super().__init__(f"{roots[0]}: {reason}")
-        self.roots, self.reason = roots, reason
+        self.roots, self.reason, self.formation = roots, reason, formation
+
+
+def _same_place_in_repeated_blocks(name: str, model: nn.Module) -> list[str]:
+    """Layers of the same type at the same path with other block indices (``stages.3.blocks.1.attn.qkv`` ->
+    ``stages.*.blocks.*.attn.qkv``): a group Torch-Pruning cannot form in one block it cannot form in the others."""
+    modules = dict(model.named_modules())
+    pattern = re.compile(re.sub(r"\\\.\d+(?=\\\.|$)", r"\\.\\d+", re.escape(name)) + "$")
+    return [n for n, m in modules.items() if n != name and pattern.match(n) and type(m) is type(modules[name])]
 
 
 def _group_roots(group, names: dict[nn.Module, str], dg) -> list[str]:
@@ -148,6 +159,17 @@ def _group_roots(group, names: dict[nn.Module, str], dg) -> list[str]:
             if name is not None and name not in roots:
                 roots.append(name)
     return roots
+
+
+def _failing_root(e: BaseException, model: nn.Module) -> str | None:
+    """The root layer of the group Torch-Pruning was forming when it raised (``get_pruning_group``'s ``module``,
+    read from the traceback), if it is a layer of ``model``."""
+    tb, module = e.__traceback__, None
+    while tb is not None:
+        if tb.tb_frame.f_code.co_name == "get_pruning_group":
+            module = tb.tb_frame.f_locals.get("module", module)
+        tb = tb.tb_next
+    return next((n for n, m in model.named_modules() if m is module), None) if module is not None else None
 
 
 def _short(e: BaseException) -> str:
@@ -167,6 +189,7 @@ def _validate(ratio: float, speed_up: float | None, importance, calibration_data
             raise TypeError(f"prune() sets {key!r} itself; use ratio=/speed_up=/ignored_layers= instead")
 
 
+@exact_widths()
 def prune(
     model: nn.Module,
     example_inputs: Any,
@@ -181,6 +204,7 @@ def prune(
     round_to: int | None = None,
     max_rounds: int = 12,
     max_steps: int = 200,
+    group_time_limit: float | None = 10.0,
     **tp_kwargs: Any,
 ) -> tuple[nn.Module, PruneReport]:
     """Prune a copy of ``model`` and return ``(pruned_model, report)``; ``model`` itself is left unchanged.
@@ -192,6 +216,8 @@ def prune(
         speed_up: instead of ``ratio``, prune in small steps until Torch-Pruning's MAC count drops by this factor.
         ignored_layers: more layers to keep (the task heads are kept automatically).
         max_rounds: how many forward-breaking groups may be isolated before giving up.
+        group_time_limit: seconds Torch-Pruning may take to form one group before that group is kept unpruned
+            (None: no limit); see :func:`.tp_compat.group_formation_time_limit`.
         tp_kwargs: passed to Torch-Pruning's pruner (``round_to``, ``isomorphic``, ``unwrapped_parameters``, ...).
 
     Raises:
@@ -219,13 +245,21 @@ def prune(
         work = copy.deepcopy(model).eval()
         modules = dict(work.named_modules())
         ignored = [modules[n] for n in keep if n in modules]
-        with warnings.catch_warnings():
+        limit = group_formation_time_limit(group_time_limit if check_each_group else None)
+        with warnings.catch_warnings(), limit:
             warnings.simplefilter("ignore")
-            pruner = EntropyPruner(work, example_inputs, importance, pruning_ratio=pruning_ratio,
-                                   iterative_steps=steps, ignored_layers=ignored,
-                                   num_heads=attention_num_heads(work), **common)
-        if check_each_group:
-            _step_checked(pruner, work)
+            try:
+                with record_concat_widths():
+                    pruner = EntropyPruner(work, example_inputs, importance, pruning_ratio=pruning_ratio,
+                                           iterative_steps=steps, ignored_layers=ignored,
+                                           num_heads=attention_num_heads(work), **common)
+            except Exception as e:  # noqa: BLE001 - a group that Torch-Pruning cannot even form fails on its root
+                root = _failing_root(e, work)
+                if root is None:
+                    raise
+                raise _GroupFailure([root], f"Torch-Pruning cannot form this group ({_short(e)})", True) from None
+            if check_each_group:
+                _step_checked(pruner, work)
         return work, pruner
 
     def _step_checked(pruner: EntropyPruner, work: nn.Module) -> None:
@@ -244,7 +278,10 @@ def prune(
                 group = next(groups)
             except StopIteration:
                 return
-            except Exception as e:  # noqa: BLE001 - Torch-Pruning failed on the group it was scoring
+            except Exception as e:  # noqa: BLE001 - Torch-Pruning failed on the group it was forming or scoring
+                root = _failing_root(e, work)
+                if root is not None:
+                    raise _GroupFailure([root], f"Torch-Pruning cannot form this group ({_short(e)})", True) from None
                 if scored["roots"] is None:
                     raise
                 raise _GroupFailure(scored["roots"], f"Torch-Pruning cannot prune this group ({_short(e)})") from None
@@ -272,6 +309,9 @@ def prune(
             # first time: keep the group's root; if it comes back re-rooted, keep every layer that could root it
             for name in (new[:1] if failure.roots[0] not in keep else new):
                 keep[name] = failure.reason if name == failure.roots[0] else f"in the group of {failure.roots[0]}"
+            if failure.formation:  # the same block repeated: kept in one round, not one round per copy
+                for name in _same_place_in_repeated_blocks(failure.roots[0], model):
+                    keep.setdefault(name, f"like {failure.roots[0]}: {failure.reason}")
         except (CalibrationError, NotCalibratedError, StaleStatisticsError):
             raise  # the caller's data or importance is at fault, not the model
         except Exception as e:  # noqa: BLE001 - e.g. the dependency graph itself cannot be built

@@ -2,8 +2,8 @@
 
     python scripts/sweep.py [--criteria NAME ...] [--timm-only | --torchvision-only] [--all-models]
                             [--max-params 100e6] [--max-params-torchvision 150e6] [--size 224]
-                            [--timeout 600] [--memory-gb 16] [--out docs/coverage.md] [--jsonl sweep.jsonl]
-                            [--resume] [--retry-failed]
+                            [--timeout 600] [--jobs 1] [--memory-gb 16] [--out docs/coverage.md] [--jsonl sweep.jsonl]
+                            [--resume] [--retry failed|timeouts] [--render COMMAND]
 
 One model per timm architecture family (the smallest, skipping > ``--max-params``; ``--all-models`` for every
 model) and the torchvision classification and detection models (detectors resize their input to 320 px, their
@@ -31,6 +31,7 @@ DETECTION = ["ssd300_vgg16", "ssdlite320_mobilenet_v3_large", "fasterrcnn_mobile
              "fasterrcnn_mobilenet_v3_large_320_fpn", "retinanet_resnet50_fpn", "fcos_resnet50_fpn",
              "maskrcnn_resnet50_fpn", "keypointrcnn_resnet50_fpn"]
 BASELINE = "tp-magnitude (plain)"
+HAND_WRITTEN = "<!-- hand-written below: kept when the sweep rewrites this file -->"
 
 
 def timm_families(all_models: bool, max_params: float) -> list[str]:
@@ -98,6 +99,7 @@ def _limit_memory(gb: float) -> None:
 
 def run_one(spec: str, criteria: list[str], size: int) -> None:
     """Inside the child process: plain Torch-Pruning, then prune() with each criterion."""
+    import copy
     import warnings
 
     import torch
@@ -119,9 +121,15 @@ def run_one(spec: str, criteria: list[str], size: int) -> None:
             model = timm.create_model(name, pretrained=False, num_classes=10)
             cfg = getattr(model, "pretrained_cfg", {}) or {}
             native = (cfg.get("input_size") or (3, size, size))[-1]
-            if not cfg.get("fixed_input_size"):
-                s = max(min(size, native), (cfg.get("min_input_size") or (3, 0, 0))[-1])
-                return model.eval(), torch.randn(1, 3, s, s)
+            if not cfg.get("fixed_input_size"):  # the smallest of size, 2*size, ... that runs (Inception: 75 px)
+                start = max(min(size, native), (cfg.get("min_input_size") or (3, 0, 0))[-1])
+                for s in [*range(start, native, size), native]:
+                    try:
+                        x = torch.randn(1, 3, s, s)
+                        _forward(model.eval(), x)
+                        return model, x
+                    except Exception:  # noqa: BLE001 - too small for this network
+                        continue
             # fixed-size models (ViTs, Swin, ...): rebuilt for the smallest of size, 2*size, ... that they accept
             for s in range(size, native, size):
                 try:
@@ -150,12 +158,14 @@ def run_one(spec: str, criteria: list[str], size: int) -> None:
         return None
 
     t = time.perf_counter()
-    try:
-        heads = list(head_layers(model)) or classifier_layers(model)
-        pruner = tp.pruner.MetaPruner(model, x, importance=tp.importance.MagnitudeImportance(),
+    try:  # plain Torch-Pruning prunes in place, so it gets its own copy; prune() never modifies its input
+        plain = copy.deepcopy(model)
+        heads = list(head_layers(plain)) or classifier_layers(plain)
+        pruner = tp.pruner.MetaPruner(plain, x, importance=tp.importance.MagnitudeImportance(),
                                       pruning_ratio=0.5, ignored_layers=heads)
         pruner.step()
-        failure = check(model)
+        failure = check(plain)
+        del plain, pruner
     except Exception as e:  # noqa: BLE001
         failure = f"{type(e).__name__}: {str(e).splitlines()[0][:150] if str(e) else ''}"
     _emit({"spec": spec, "criterion": BASELINE, "ok": failure is None, "reason": failure,
@@ -164,7 +174,6 @@ def run_one(spec: str, criteria: list[str], size: int) -> None:
     g = torch.Generator().manual_seed(0)
     data = [(torch.randn(2, *x.shape[1:], generator=g), torch.randint(0, 10, (2,), generator=g)) for _ in range(2)]
     for criterion in criteria:
-        model, x = build()
         t = time.perf_counter()
         try:
             pruned, report = prune(model, x, criterion, ratio=0.5, calibration_data=data)
@@ -216,7 +225,10 @@ def write_markdown(rows: list[dict], criteria: list[str], path: Path, command: s
     if skipped:
         lines += ["## Not swept (over the parameter limit)", "",
                   ", ".join(f"`{s}` ({n / 1e6:.0f} M)" for s, n in sorted(skipped.items())), ""]
-    path.write_text("\n".join(lines))
+    kept = path.read_text().split(HAND_WRITTEN, 1) if path.exists() else []
+    if len(kept) == 2:  # the hand-written explanations below the marker survive a re-run
+        lines += [HAND_WRITTEN + kept[1].rstrip("\n")]
+    path.write_text("\n".join(lines) + "\n")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -231,12 +243,18 @@ def main(argv: list[str] | None = None) -> None:
                    help="torchvision: skip larger models (150 M keeps the VGGs)")
     p.add_argument("--size", type=int, default=224)
     p.add_argument("--timeout", type=float, default=600)
+    p.add_argument("--jobs", type=int, default=1,
+                   help="models run at once (Torch-Pruning's graph building is single-threaded Python, so 2 jobs "
+                        "with one thread each nearly double throughput on 2 cores)")
     p.add_argument("--memory-gb", type=float, default=16,
                    help="address-space limit per model (CUDA builds of torch map several GB of it at import)")
     p.add_argument("--out", default="docs/coverage.md")
     p.add_argument("--jsonl", default="sweep.jsonl")
     p.add_argument("--resume", action="store_true", help="skip models already in --jsonl")
-    p.add_argument("--retry-failed", action="store_true", help="with --resume: run models with a failure again")
+    p.add_argument("--retry", choices=["failed", "timeouts"], default=None,
+                   help="with --resume: run again the listed models that had a failure (or only a timeout/crash)")
+    p.add_argument("--render", metavar="COMMAND", default=None,
+                   help="only rewrite --out from --jsonl, naming COMMAND as the command that produced the results")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
 
@@ -249,42 +267,57 @@ def main(argv: list[str] | None = None) -> None:
         return
 
     skipped: dict[str, int] = {}
+    if args.render:
+        rows = [json.loads(line) for line in Path(args.jsonl).read_text().splitlines()]
+        skipped = {} if args.timm_only else torchvision_models(args.max_params_torchvision)[1]
+        write_markdown(rows, criteria, Path(args.out), args.render, skipped)
+        return
     specs = args.models or ([] if args.torchvision_only else timm_families(args.all_models, args.max_params))
     if not args.models and not args.timm_only:
         tv, skipped = torchvision_models(args.max_params_torchvision)
         specs += tv
     jsonl = Path(args.jsonl)
     rows = [json.loads(line) for line in jsonl.read_text().splitlines()] if args.resume and jsonl.exists() else []
-    if args.retry_failed:
-        failed = {r["spec"] for r in rows if not r["ok"]}
+    if args.retry:
+        listed = set(specs)
+        failed = {r["spec"] for r in rows if not r["ok"] and r["spec"] in listed
+                  and (args.retry == "failed" or r["reason"].startswith(("timeout", "crashed")))}
         rows = [r for r in rows if r["spec"] not in failed]
         jsonl.write_text("".join(json.dumps(r) + "\n" for r in rows))
     done = {r["spec"] for r in rows}
+    from concurrent.futures import ThreadPoolExecutor, as_completed
+
     from tqdm import tqdm
 
-    for spec in tqdm(specs, desc="sweep", unit="model"):
-        if spec in done:
-            continue
-        cmd = [sys.executable, __file__, "--child", spec, "--size", str(args.size),
-               "--memory-gb", str(args.memory_gb), "--criteria", *criteria]
-        env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")}
-        try:
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout, env=env)
-            stdout, missing = proc.stdout, f"crashed: {(proc.stderr.strip().splitlines() or ['no output'])[-1][:150]}"
-        except subprocess.TimeoutExpired as e:
-            out = e.stdout or ""
-            stdout, missing = out.decode() if isinstance(out, bytes) else out, f"timeout > {args.timeout:.0f} s"
-        got = [json.loads(line[7:]) for line in stdout.splitlines() if line.startswith("RESULT ")]
-        have = {r["criterion"] for r in got}
-        got += [{"spec": spec, "criterion": c, "ok": False, "reason": missing}
-                for c in [BASELINE] + criteria if c not in have]
-        with jsonl.open("a") as f:
-            for row in got:
-                f.write(json.dumps(row) + "\n")
-        rows += got
-        write_markdown(rows, criteria, Path(args.out), "python scripts/sweep.py " + " ".join(argv or sys.argv[1:]),
-                       skipped)
+    threads = os.environ.get("OMP_NUM_THREADS") or str(max(1, (os.cpu_count() or 1) // args.jobs))
+    command = "python scripts/sweep.py " + " ".join(argv or sys.argv[1:])
+    todo = [spec for spec in specs if spec not in done]
+    with ThreadPoolExecutor(args.jobs) as pool:
+        futures = [pool.submit(_run_child, spec, criteria, args, threads) for spec in todo]
+        for future in tqdm(as_completed(futures), total=len(todo), desc="sweep", unit="model"):
+            got = future.result()
+            with jsonl.open("a") as f:
+                for row in got:
+                    f.write(json.dumps(row) + "\n")
+            rows += got
+            write_markdown(rows, criteria, Path(args.out), command, skipped)
 
+
+def _run_child(spec: str, criteria: list[str], args: argparse.Namespace, threads: str) -> list[dict]:
+    """One model in its own process, under the time and memory limits; a row per criterion, even on a crash."""
+    cmd = [sys.executable, __file__, "--child", spec, "--size", str(args.size),
+           "--memory-gb", str(args.memory_gb), "--criteria", *criteria]
+    env = {**os.environ, "OMP_NUM_THREADS": threads}
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout, env=env)
+        stdout, missing = proc.stdout, f"crashed: {(proc.stderr.strip().splitlines() or ['no output'])[-1][:150]}"
+    except subprocess.TimeoutExpired as e:
+        out = e.stdout or ""
+        stdout, missing = out.decode() if isinstance(out, bytes) else out, f"timeout > {args.timeout:.0f} s"
+    got = [json.loads(line[7:]) for line in stdout.splitlines() if line.startswith("RESULT ")]
+    have = {r["criterion"] for r in got}
+    return got + [{"spec": spec, "criterion": c, "ok": False, "reason": missing}
+                  for c in [BASELINE] + criteria if c not in have]
 
 if __name__ == "__main__":
     main()

@@ -109,3 +109,114 @@ def test_prune_with_taylor_and_no_data_is_an_argument_error():
     with pytest.raises(ValueError, match="needs data: pass calibration_data"):
         prune(model, torch.randn(1, 3, 32, 32), "tp-taylor", ratio=0.3)
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+
+
+class CrossStage(nn.Module):
+    """A CSP stage: split, a residual block on one half, concat of both halves. Torch-Pruning 1.6 cannot infer
+    the width of the residual half, fails to build its graph, and maps the split's pieces to the wrong consumers."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.expand = nn.Conv2d(3, 32, 1)
+        self.block = nn.Conv2d(16, 16, 3, padding=1)
+        self.transition = nn.Conv2d(32, 8, 1)
+        self.fc = nn.Linear(8, 5)
+
+    def forward(self, x):
+        shortcut, residual = self.expand(x).chunk(2, 1)
+        residual = self.block(residual) + residual
+        return self.fc(self.transition(torch.cat([residual, shortcut], 1)).mean((2, 3)))
+
+
+def test_split_and_concat_widths_are_exact():
+    import torch_pruning as tp
+
+    from entropy_importance.tp_compat import exact_widths, record_concat_widths
+
+    model, x = CrossStage().eval(), torch.randn(2, 3, 8, 8)
+    with pytest.raises(TypeError, match="NoneType"):  # the Torch-Pruning failure this works around
+        tp.DependencyGraph().build_dependency(copy.deepcopy(model), x)
+    work = copy.deepcopy(model)
+    with exact_widths():
+        with record_concat_widths():
+            graph = tp.DependencyGraph().build_dependency(work, x)
+        # expand filters 0, 1 (shortcut half) and 17, 31 (residual half, block channels 1 and 15)
+        graph.get_pruning_group(work.expand, tp.prune_conv_out_channels, idxs=[0, 1, 17, 31]).prune()
+    # hand-derived oracle: the concat is [residual, shortcut], so the transition loses columns 1, 15 (residual
+    # half) and 16 + 0, 16 + 1 (shortcut half); the block loses input and output channels 1 and 15
+    keep = lambda n, drop: [i for i in range(n) if i not in drop]  # noqa: E731
+    assert torch.equal(work.transition.weight, model.transition.weight[:, keep(32, {1, 15, 16, 17})])
+    assert torch.equal(work.block.weight, model.block.weight[keep(16, {1, 15})][:, keep(16, {1, 15})])
+    assert torch.equal(work.expand.weight, model.expand.weight[keep(32, {0, 1, 17, 31})])
+    assert work(x).shape == (2, 5)
+
+
+def test_prune_restores_torch_pruning_after_the_call():
+    from torch_pruning.dependency import index_mapping, shape_infer
+
+    before = (index_mapping.update_concat_index_mapping, index_mapping.update_split_index_mapping,
+              shape_infer.init_shape_information)
+    pruned, report = prune(CrossStage().eval(), torch.randn(2, 3, 8, 8), "information-capacity", ratio=0.5)
+    assert (index_mapping.update_concat_index_mapping, index_mapping.update_split_index_mapping,
+            shape_infer.init_shape_information) == before
+    assert report.params_after < report.params_before and pruned(torch.randn(1, 3, 8, 8)).shape == (1, 5)
+
+
+class RepeatedBlocks(nn.Module):
+    """Three identical residual MLP blocks on a 16-wide stream."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.stem = nn.Linear(8, 16)
+        self.blocks = nn.ModuleList(nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 16)) for _ in range(3))
+        self.head = nn.Linear(16, 4)
+
+    def forward(self, x):
+        x = self.stem(x)
+        for block in self.blocks:
+            x = x + block(x)
+        return self.head(x)
+
+
+def _failing_on(monkeypatch, layer_index: int, failure):
+    """Make Torch-Pruning fail (``failure(module)``) when it forms the group rooted at ``blocks.1.<layer_index>``."""
+    import torch_pruning as tp
+
+    original = tp.DependencyGraph.get_pruning_group
+
+    def get_pruning_group(self, module, pruning_fn, idxs):
+        if getattr(module, "_fail_here", False):
+            failure(module)
+        return original(self, module, pruning_fn, idxs)
+
+    monkeypatch.setattr(tp.DependencyGraph, "get_pruning_group", get_pruning_group)
+    model = RepeatedBlocks().eval()
+    model.blocks[1][layer_index]._fail_here = True
+    return model
+
+
+def test_group_torch_pruning_cannot_form_is_kept_with_its_copies_in_repeated_blocks(monkeypatch):
+    def fail(module):
+        raise ZeroDivisionError("integer division or modulo by zero")
+
+    model = _failing_on(monkeypatch, 0, fail)
+    pruned, report = prune(model, torch.randn(2, 8), "information-capacity", ratio=0.5)
+    # hand-derived: the group of blocks.1.0 (its 32 hidden units) fails to form; blocks.0.0 and blocks.2.0 are the
+    # same layer of the repeated block and are kept in the same round (a second round then succeeds); a kept layer
+    # keeps its input width too, so the 16-wide stream that feeds all three stays as well
+    assert "cannot form this group (ZeroDivisionError" in report.kept_unpruned["blocks.1.0"]
+    assert report.kept_unpruned["blocks.0.0"].startswith("like blocks.1.0")
+    assert report.kept_unpruned["blocks.2.0"].startswith("like blocks.1.0")
+    assert [b[0].out_features for b in pruned.blocks] == [32, 32, 32]
+    assert pruned.stem.out_features == 16 and report.rounds == 2
+
+
+def test_group_that_takes_too_long_to_form_is_kept(monkeypatch):
+    import time
+
+    model = _failing_on(monkeypatch, 0, lambda module: time.sleep(3))
+    pruned, report = prune(model, torch.randn(2, 8), "information-capacity", ratio=0.5, group_time_limit=0.5)
+    assert "GroupFormationTimeout" in report.kept_unpruned["blocks.1.0"]
+    assert [b[0].out_features for b in pruned.blocks] == [32, 32, 32] and report.rounds == 2

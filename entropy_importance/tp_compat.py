@@ -1,0 +1,184 @@
+"""Exact split and concat widths for Torch-Pruning's dependency graph, where its own inference fails.
+
+Splits: Torch-Pruning 1.6 reads a split's sizes from ``grad_fn._saved_self_sizes``, which current PyTorch calls
+``_saved_self_sym_sizes``; it then falls back to inferring each piece's width from its consumers, which goes wrong
+when a piece feeds a concat (``x.split(16, 1)`` of 32 channels comes out as pieces of 32 and 16, and the group of
+the split's producer addresses channels that do not exist); and it gives the i-th consumer of the split the i-th
+piece, which is wrong when one piece feeds two consumers (a residual block inside a CSP stage). Within
+:func:`exact_widths` the piece widths come from the autograd node (the saved sizes, or the saved split size and
+the input's width) and each consumer gets the piece its autograd edge reads (``output_nr``).
+
+Concats: Torch-Pruning 1.6 maps channel indices through every ``torch.cat`` on dim 1 using the widths of
+the inputs, which it infers by walking back through the graph to the nearest layer. The walk gives up (``None``)
+on some common blocks: the residual add inside a CSP stage of CSP-Darknet, a class-token ``nn.Parameter``
+concatenated to the patch tokens (CoaT). When the concat's output width is known, Torch-Pruning then computes
+``sum(widths)`` and the graph build fails with ``TypeError: unsupported operand type(s) for +: 'int' and
+'NoneType'``.
+
+Here the widths come from the tensors themselves: :func:`record_concat_widths` watches the forward pass that
+Torch-Pruning traces (a ``TorchFunctionMode``) and keeps, for each concat's autograd node, the sizes of its inputs
+along dim 1. Within :func:`exact_widths`, a concat whose widths Torch-Pruning cannot infer gets the recorded
+ones, so its index mapping is exact; a dim-1 concat of 3-d ``(batch, tokens, channels)`` tensors joins tokens,
+not channels, and gets no channel mapping; a concat that was not recorded keeps Torch-Pruning's own rule for
+unknown widths (no index mapping), and ``prune()`` checks the forward pass after every group.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+import torch_pruning as tp
+from torch.overrides import TorchFunctionMode
+from torch_pruning import ops
+from torch_pruning.dependency import index_mapping, shape_infer
+from torch_pruning.dependency.index_mapping import _SplitIndexMapping
+
+__all__ = ["GroupFormationTimeout", "exact_widths", "group_formation_time_limit", "record_concat_widths"]
+
+_CONCATS = (torch.cat, torch.concat, torch.concatenate)
+_TOKENS = "tokens"  # recorded for a dim-1 concat of (batch, tokens, channels) tensors
+_recorded: dict[Any, list[int] | str] = {}  # autograd node of a concat -> input widths along dim 1
+
+
+class _ConcatRecorder(TorchFunctionMode):
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        if func in _CONCATS and isinstance(out, torch.Tensor) and out.grad_fn is not None:
+            tensors = args[0] if args else kwargs["tensors"]
+            dim = args[1] if len(args) > 1 else kwargs.get("dim", kwargs.get("axis", 0))
+            if dim % out.ndim == 1:
+                _recorded[out.grad_fn] = _TOKENS if out.ndim == 3 else [t.shape[1] for t in tensors]
+        return out
+
+
+@contextmanager
+def record_concat_widths() -> Iterator[None]:
+    """Record the dim-1 widths of every concat run inside the block (wrap the dependency-graph build in it)."""
+    with _ConcatRecorder():
+        yield
+
+
+def _split_widths(grad_fn) -> list[int] | None:
+    """Piece widths of a channel split (dim 1 of a 2-d or 4-d tensor) from its autograd node (``split``,
+    ``split_with_sizes``, ``chunk``)."""
+    dim, sizes = getattr(grad_fn, "_saved_dim", None), getattr(grad_fn, "_saved_self_sym_sizes", None)
+    if dim is None or sizes is None or len(sizes) == 3 or dim % len(sizes) != 1:
+        return None
+    if hasattr(grad_fn, "_saved_split_sizes"):
+        return [int(w) for w in grad_fn._saved_split_sizes]
+    step, total = int(getattr(grad_fn, "_saved_split_size", 0)), int(sizes[1])
+    return [min(step, total - start) for start in range(0, total, step)] if step > 0 else None
+
+
+def _piece(consumer, split_grad_fn) -> int | None:
+    """Which piece of the split a consumer node reads: the ``output_nr`` of its autograd edge to the split."""
+    for fn, output_nr in getattr(consumer.grad_fn, "next_functions", ()) or ():
+        if fn is split_grad_fn:
+            return int(output_nr)
+    return None
+
+
+@contextmanager
+def exact_widths() -> Iterator[None]:
+    """Within the block (or the decorated function), splits get exact piece widths and index mappings (a piece
+    may feed several consumers), and concats whose input widths Torch-Pruning cannot infer use the widths recorded
+    by :func:`record_concat_widths`. Patches module-level functions of Torch-Pruning and keeps the recorded
+    autograd nodes alive until the block ends: not thread-safe."""
+    original = index_mapping.update_concat_index_mapping
+    original_init, original_split = shape_infer.init_shape_information, index_mapping.update_split_index_mapping
+
+    def pieces(node) -> tuple[list[int], list[int | None]] | None:
+        widths = _split_widths(node.grad_fn) if node.type == ops.OPTYPE.SPLIT else None
+        if widths is None:
+            return None
+        return [sum(widths[:i]) for i in range(len(widths) + 1)], [_piece(o, node.grad_fn) for o in node.outputs]
+
+    def init_with_exact_splits(graph) -> None:
+        original_init(graph)
+        for node in graph.module2node.values():
+            found = pieces(node)
+            if found is not None and None not in found[1]:  # widths per consumer, in Torch-Pruning's order
+                starts, read = found
+                node.module.split_sizes = [starts[k + 1] - starts[k] for k in read]
+                node.module.offsets = starts
+
+    def split_with_exact_pieces(graph, split_node) -> None:
+        original_split(graph, split_node)
+        found = pieces(split_node)
+        if found is None or not split_node.enable_index_mapping:
+            return
+        starts, read = found
+        for out_node, k in zip(split_node.outputs, read, strict=True):
+            if k is None:
+                continue
+            for dep in split_node.dependencies:
+                if dep.target is out_node:
+                    dep.index_mapping[0] = _SplitIndexMapping(offset=starts[k:k + 2], reverse=False)
+            for dep in out_node.dependencies:
+                if dep.target is split_node:
+                    dep.index_mapping[0] = _SplitIndexMapping(offset=starts[k:k + 2], reverse=True)
+
+    def guarded(graph, cat_node) -> None:
+        if cat_node.type == ops.OPTYPE.CONCAT:
+            widths = cat_node.module.concat_sizes
+            if widths is None:
+                widths = [shape_infer.infer_channels_between(graph, n, cat_node) for n in cat_node.inputs]
+                if None in widths:
+                    recorded = _recorded.get(cat_node.grad_fn)
+                    if isinstance(recorded, list) and len(recorded) == len(cat_node.inputs):
+                        widths = recorded
+                cat_node.module.concat_sizes = widths
+            if None in widths:
+                return  # Torch-Pruning's rule for unknown widths: no index mapping
+        original(graph, cat_node)
+
+    patched = (guarded, init_with_exact_splits, split_with_exact_pieces)
+    (index_mapping.update_concat_index_mapping, shape_infer.init_shape_information,
+     index_mapping.update_split_index_mapping) = patched
+    try:
+        yield
+    finally:
+        (index_mapping.update_concat_index_mapping, shape_infer.init_shape_information,
+         index_mapping.update_split_index_mapping) = original, original_init, original_split
+        _recorded.clear()
+
+
+class GroupFormationTimeout(RuntimeError):
+    """Torch-Pruning took longer than the limit to form one group (see :func:`group_formation_time_limit`)."""
+
+
+@contextmanager
+def group_formation_time_limit(seconds: float | None) -> Iterator[None]:
+    """Within the block, ``DependencyGraph.get_pruning_group`` raises :class:`GroupFormationTimeout` after
+    ``seconds``. On some graphs (RexNet, EfficientViT-M, EfficientFormerV2, FocalNet) Torch-Pruning 1.6 expands the
+    indices of a flatten mapping again on every pass around the graph, and forming one group does not finish in
+    minutes; a legitimate group of a ViT-B takes well under a second. Uses ``SIGALRM``: a no-op off the main thread
+    or without ``setitimer`` (Windows), and when ``seconds`` is None."""
+    if seconds is None or threading.current_thread() is not threading.main_thread() or not hasattr(signal, "setitimer"):
+        yield
+        return
+    original = tp.DependencyGraph.get_pruning_group
+
+    def on_alarm(signum, frame):
+        raise GroupFormationTimeout(f"forming one group took longer than {seconds:g} s")
+
+    def limited(self, module, pruning_fn, idxs):
+        previous = signal.signal(signal.SIGALRM, on_alarm)
+        signal.setitimer(signal.ITIMER_REAL, seconds)
+        try:
+            return original(self, module, pruning_fn, idxs)
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, previous)
+
+    tp.DependencyGraph.get_pruning_group = limited
+    try:
+        yield
+    finally:
+        tp.DependencyGraph.get_pruning_group = original
