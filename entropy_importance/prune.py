@@ -204,7 +204,7 @@ def prune(
     round_to: int | None = None,
     max_rounds: int = 12,
     max_steps: int = 200,
-    group_time_limit: float | None = 10.0,
+    group_time_limit: float | None = 60.0,
     **tp_kwargs: Any,
 ) -> tuple[nn.Module, PruneReport]:
     """Prune a copy of ``model`` and return ``(pruned_model, report)``; ``model`` itself is left unchanged.
@@ -309,8 +309,11 @@ def prune(
             # first time: keep the group's root; if it comes back re-rooted, keep every layer that could root it
             for name in (new[:1] if failure.roots[0] not in keep else new):
                 keep[name] = failure.reason if name == failure.roots[0] else f"in the group of {failure.roots[0]}"
-            if failure.formation:  # the same block repeated: kept in one round, not one round per copy
-                for name in _same_place_in_repeated_blocks(failure.roots[0], model):
+            # the same layer of a repeated block: a group Torch-Pruning cannot form, or a second failure at the
+            # same place, keeps that layer in every copy of the block in one round instead of one round per copy
+            copies = _same_place_in_repeated_blocks(failure.roots[0], model)
+            if failure.formation or any(name in keep for name in copies):
+                for name in copies:
                     keep.setdefault(name, f"like {failure.roots[0]}: {failure.reason}")
         except (CalibrationError, NotCalibratedError, StaleStatisticsError):
             raise  # the caller's data or importance is at fault, not the model

@@ -158,8 +158,9 @@ def group_formation_time_limit(seconds: float | None) -> Iterator[None]:
     """Within the block, ``DependencyGraph.get_pruning_group`` raises :class:`GroupFormationTimeout` after
     ``seconds``. On some graphs (RexNet, EfficientViT-M, EfficientFormerV2, FocalNet) Torch-Pruning 1.6 expands the
     indices of a flatten mapping again on every pass around the graph, and forming one group does not finish in
-    minutes; a legitimate group of a ViT-B takes well under a second. Uses ``SIGALRM``: a no-op off the main thread
-    or without ``setitimer`` (Windows), and when ``seconds`` is None."""
+    minutes; a legitimate group takes well under a second on most models, and up to about 30 s for the
+    split-attention groups of ResNeSt on a loaded 2-core CPU (``prune()``'s default limit is 60 s). Uses
+    ``SIGALRM``: a no-op off the main thread or without ``setitimer`` (Windows), and when ``seconds`` is None."""
     if seconds is None or threading.current_thread() is not threading.main_thread() or not hasattr(signal, "setitimer"):
         yield
         return

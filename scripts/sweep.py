@@ -140,9 +140,17 @@ def run_one(spec: str, criteria: list[str], size: int) -> None:
                 except Exception:  # noqa: BLE001 - this size or the img_size argument is not supported
                     continue
             return model.eval(), torch.randn(1, 3, native, native)
-        model = create_model(spec, num_classes=None if detection else 10, **_detector_kwargs(name))
-        s = 320 if detection else min(size, 224)
-        return model.eval(), torch.randn(1, 3, s, s)
+        model = create_model(spec, num_classes=None if detection else 10, **_detector_kwargs(name)).eval()
+        if detection:
+            return model, torch.randn(1, 3, 320, 320)
+        for s in [*range(min(size, 224), 224, size), 224]:  # the smallest that runs (Inception 75 px, MaxViT 224)
+            try:
+                x = torch.randn(1, 3, s, s)
+                _forward(model, x)
+                return model, x
+            except Exception:  # noqa: BLE001 - too small for this network
+                continue
+        return model, torch.randn(1, 3, 224, 224)
 
     model, x = build()
     params = sum(p.numel() for p in model.parameters())

@@ -220,3 +220,23 @@ def test_group_that_takes_too_long_to_form_is_kept(monkeypatch):
     pruned, report = prune(model, torch.randn(2, 8), "information-capacity", ratio=0.5, group_time_limit=0.5)
     assert "GroupFormationTimeout" in report.kept_unpruned["blocks.1.0"]
     assert [b[0].out_features for b in pruned.blocks] == [32, 32, 32] and report.rounds == 2
+
+
+class BlocksWithFixedWidth(RepeatedBlocks):
+    """Each block reshapes its 32 hidden units with a hard-coded width: pruning any block's hidden group breaks."""
+
+    def forward(self, x):
+        x = self.stem(x)
+        for block in self.blocks:
+            x = x + block[2](block[1](block[0](x)).reshape(-1, 32))
+        return self.head(x)
+
+
+def test_second_break_at_the_same_place_keeps_every_copy():
+    pruned, report = prune(BlocksWithFixedWidth().eval(), torch.randn(2, 8), "information-capacity", ratio=0.5)
+    # hand-derived: round 1 keeps the first breaking block alone (it could be the only one); round 2 breaks at the
+    # same place in another block, so the third copy is kept with it; round 3 succeeds: 3 rounds, not 4
+    kept = report.kept_unpruned
+    assert sum(kept[f"blocks.{i}.0"].startswith("pruning breaks the forward pass") for i in range(3)) == 2
+    assert sum(kept[f"blocks.{i}.0"].startswith("like blocks.") for i in range(3)) == 1
+    assert report.rounds == 3 and [b[0].out_features for b in pruned.blocks] == [32, 32, 32]
