@@ -161,15 +161,16 @@ def _group_roots(group, names: dict[nn.Module, str], dg) -> list[str]:
     return roots
 
 
-def _failing_root(e: BaseException, model: nn.Module) -> str | None:
-    """The root layer of the group Torch-Pruning was forming when it raised (``get_pruning_group``'s ``module``,
-    read from the traceback), if it is a layer of ``model``."""
+def _formation_failure(e: BaseException, model: nn.Module) -> _GroupFailure | None:
+    """If Torch-Pruning raised while forming a group, that group's failure, rooted at ``get_pruning_group``'s
+    ``module`` (read from the traceback) when it is a layer of ``model``."""
     tb, module = e.__traceback__, None
     while tb is not None:
         if tb.tb_frame.f_code.co_name == "get_pruning_group":
             module = tb.tb_frame.f_locals.get("module", module)
         tb = tb.tb_next
-    return next((n for n, m in model.named_modules() if m is module), None) if module is not None else None
+    root = next((n for n, m in model.named_modules() if m is module), None) if module is not None else None
+    return None if root is None else _GroupFailure([root], f"Torch-Pruning cannot form this group ({_short(e)})", True)
 
 
 def _short(e: BaseException) -> str:
@@ -254,10 +255,10 @@ def prune(
                                            iterative_steps=steps, ignored_layers=ignored,
                                            num_heads=attention_num_heads(work), **common)
             except Exception as e:  # noqa: BLE001 - a group that Torch-Pruning cannot even form fails on its root
-                root = _failing_root(e, work)
-                if root is None:
+                formation = _formation_failure(e, work)
+                if formation is None:
                     raise
-                raise _GroupFailure([root], f"Torch-Pruning cannot form this group ({_short(e)})", True) from None
+                raise formation from None
             if check_each_group:
                 _step_checked(pruner, work)
         return work, pruner
@@ -279,9 +280,9 @@ def prune(
             except StopIteration:
                 return
             except Exception as e:  # noqa: BLE001 - Torch-Pruning failed on the group it was forming or scoring
-                root = _failing_root(e, work)
-                if root is not None:
-                    raise _GroupFailure([root], f"Torch-Pruning cannot form this group ({_short(e)})", True) from None
+                formation = _formation_failure(e, work)
+                if formation is not None:
+                    raise formation from None
                 if scored["roots"] is None:
                     raise
                 raise _GroupFailure(scored["roots"], f"Torch-Pruning cannot prune this group ({_short(e)})") from None

@@ -123,13 +123,9 @@ def run_one(spec: str, criteria: list[str], size: int) -> None:
             native = (cfg.get("input_size") or (3, size, size))[-1]
             if not cfg.get("fixed_input_size"):  # the smallest of size, 2*size, ... that runs (Inception: 75 px)
                 start = max(min(size, native), (cfg.get("min_input_size") or (3, 0, 0))[-1])
-                for s in [*range(start, native, size), native]:
-                    try:
-                        x = torch.randn(1, 3, s, s)
-                        _forward(model.eval(), x)
-                        return model, x
-                    except Exception:  # noqa: BLE001 - too small for this network
-                        continue
+                x = smallest_input_that_runs(model.eval(), [*range(start, native, size), native])
+                if x is not None:
+                    return model, x
             # fixed-size models (ViTs, Swin, ...): rebuilt for the smallest of size, 2*size, ... that they accept
             for s in range(size, native, size):
                 try:
@@ -143,14 +139,18 @@ def run_one(spec: str, criteria: list[str], size: int) -> None:
         model = create_model(spec, num_classes=None if detection else 10, **_detector_kwargs(name)).eval()
         if detection:
             return model, torch.randn(1, 3, 320, 320)
-        for s in [*range(min(size, 224), 224, size), 224]:  # the smallest that runs (Inception 75 px, MaxViT 224)
+        x = smallest_input_that_runs(model, [*range(min(size, 224), 224, size), 224])  # Inception 75 px, MaxViT 224
+        return model, x if x is not None else torch.randn(1, 3, 224, 224)
+
+    def smallest_input_that_runs(model, sizes):
+        for s in sizes:
             try:
                 x = torch.randn(1, 3, s, s)
                 _forward(model, x)
-                return model, x
+                return x
             except Exception:  # noqa: BLE001 - too small for this network
                 continue
-        return model, torch.randn(1, 3, 224, 224)
+        return None
 
     model, x = build()
     params = sum(p.numel() for p in model.parameters())
