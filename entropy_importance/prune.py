@@ -227,6 +227,8 @@ def prune(
     """
     importance = create_importance(importance)
     _validate(ratio, speed_up, importance, calibration_data, tp_kwargs)
+    if group_time_limit is not None and not (isinstance(group_time_limit, (int, float)) and group_time_limit > 0):
+        raise ValueError(f"group_time_limit must be a number of seconds > 0 or None, got {group_time_limit!r}")
     names = {m: n for n, m in model.named_modules()}
     keep: dict[str, str] = {names[m]: reason for m, reason in head_layers(model).items() if m in names}
     for m in ignored_layers or ():

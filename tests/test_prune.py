@@ -240,3 +240,10 @@ def test_second_break_at_the_same_place_keeps_every_copy():
     assert sum(kept[f"blocks.{i}.0"].startswith("pruning breaks the forward pass") for i in range(3)) == 2
     assert sum(kept[f"blocks.{i}.0"].startswith("like blocks.") for i in range(3)) == 1
     assert report.rounds == 3 and [b[0].out_features for b in pruned.blocks] == [32, 32, 32]
+
+
+@pytest.mark.parametrize("limit", [0, -1.0, "10"])
+def test_bad_group_time_limit_is_an_argument_error(limit):
+    model = RepeatedBlocks().eval()
+    with pytest.raises(ValueError, match="group_time_limit must be a number of seconds > 0"):
+        prune(model, torch.randn(2, 8), "information-capacity", group_time_limit=limit)
