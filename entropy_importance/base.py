@@ -58,6 +58,20 @@ class ChannelScoreImportance(tp.importance.GroupMagnitudeImportance):
         """Scores of all channels of ``view.module`` as seen by this dependency, ``(view.num_channels,)``."""
         raise NotImplementedError
 
+    def channel_scores(self, view: ChannelView, index: Tensor) -> Tensor | None:
+        """Scores of the channels ``index`` of ``view.module``, ``(len(index),)``: :meth:`layer_scores` of the whole
+        layer, indexed. Criteria for which scoring a few channels costs much less than scoring the layer override
+        this (a DenseNet layer is visited by every group of its block, each wanting a few of its channels)."""
+        local = self.layer_scores(view)
+        if local is None:
+            return None
+        if local.shape != (view.num_channels,):
+            raise RuntimeError(
+                f"{type(self).__name__}.layer_scores returned shape {tuple(local.shape)} for a layer with "
+                f"{view.num_channels} channels"
+            )
+        return local[index.to(local.device)]
+
     # ------------------------------------------------------------------ Importance contract
     @torch.no_grad()
     def __call__(self, group, **kwargs) -> Tensor | None:
@@ -72,20 +86,7 @@ class ChannelScoreImportance(tp.importance.GroupMagnitudeImportance):
             view = channel_view(dep)
             if view is None:
                 continue
-            local = self.layer_scores(view)
-            if local is None:
-                continue
-            if local.shape != (view.num_channels,):
-                raise RuntimeError(
-                    f"{type(self).__name__}.layer_scores returned shape {tuple(local.shape)} for "
-                    f"{dep.target.name} with {view.num_channels} channels"
-                )
-            if not torch.isfinite(local).all():
-                raise ValueError(
-                    f"{type(self).__name__}: non-finite scores for layer {dep.target.name}; check the layer's "
-                    "weights (and calibration statistics) for NaN/Inf"
-                )
-            index = torch.as_tensor(list(idxs), dtype=torch.long, device=local.device)
+            index = torch.as_tensor(list(idxs), dtype=torch.long, device=view.slices.device)
             if index.numel() and (index.min() < 0 or index.max() >= view.num_channels):
                 # Torch-Pruning mapped this dependency to channels the layer does not have (seen with some
                 # split/concat patterns): the group cannot be scored consistently, so it is not pruned
@@ -94,8 +95,16 @@ class ChannelScoreImportance(tp.importance.GroupMagnitudeImportance):
                     f"the group addresses channel {int(index.max())}", stacklevel=2,
                 )
                 return None
-            scores.append(local.float()[index])
-            norms.append(channel_norms(view)[index.to(view.slices.device)])
+            local = self.channel_scores(view, index)
+            if local is None:
+                continue
+            if not torch.isfinite(local).all():
+                raise ValueError(
+                    f"{type(self).__name__}: non-finite scores for layer {dep.target.name}; check the layer's "
+                    "weights (and calibration statistics) for NaN/Inf"
+                )
+            scores.append(local.float())
+            norms.append(channel_norms(view)[index])
             roots.append(item.root_idxs)
         if not scores:
             return None

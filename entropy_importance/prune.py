@@ -9,7 +9,8 @@ What it configures so that the caller does not have to:
 * groups whose pruning breaks the forward pass are found one by one, kept unpruned, and pruning is redone
   without them (``kept_unpruned`` in the report says which and why);
 * a MAC speed-up target is reached by small progressive steps, re-calibrating data-driven criteria each step;
-* splits, and concats whose input widths Torch-Pruning cannot infer, get exact widths (:mod:`.tp_compat`).
+* splits, and concats whose input widths Torch-Pruning cannot infer, get exact widths, and groups are formed by a
+  search that visits each channel once (:mod:`.tp_compat`).
 
 The caller's model is never modified: pruning runs on a deep copy, which is returned.
 """
@@ -33,7 +34,7 @@ from .counting import count_params, stage_widths
 from .models import attention_num_heads, classifier_layers, sync_attention_heads
 from .pruner import EntropyPruner, needs_refresh
 from .registry import create_importance
-from .tp_compat import exact_widths, group_formation_time_limit, record_concat_widths
+from .tp_compat import exact_widths, group_formation_time_limit, record_concat_widths, visit_each_index_once
 
 __all__ = ["prune", "PruneReport", "head_layers"]
 
@@ -142,6 +143,10 @@ class _GroupFailure(Exception):
         self.roots, self.reason, self.formation = roots, reason, formation
 
 
+class _BrokenSomewhere(Exception):
+    """The forward pass fails (or changes structure) after a whole step; which group did it is not known yet."""
+
+
 def _same_place_in_repeated_blocks(name: str, model: nn.Module) -> list[str]:
     """Layers of the same type at the same path with other block indices (``stages.3.blocks.1.attn.qkv`` ->
     ``stages.*.blocks.*.attn.qkv``): a group Torch-Pruning cannot form in one block it cannot form in the others."""
@@ -191,6 +196,7 @@ def _validate(ratio: float, speed_up: float | None, importance, calibration_data
 
 
 @exact_widths()
+@visit_each_index_once()
 def prune(
     model: nn.Module,
     example_inputs: Any,
@@ -244,11 +250,12 @@ def prune(
     common = dict(global_pruning=global_pruning, round_to=round_to, calibration_data=calibration_data,
                   calibration_batches=calibration_batches, **tp_kwargs)
 
-    def attempt(pruning_ratio: float, steps: int, check_each_group: bool) -> tuple[nn.Module, EntropyPruner]:
+    def attempt(pruning_ratio: float, steps: int, check: str | None) -> tuple[nn.Module, EntropyPruner]:
+        """A fresh copy and pruner; with ``check`` ("each"/"end" group), its first step is taken and checked."""
         work = copy.deepcopy(model).eval()
         modules = dict(work.named_modules())
         ignored = [modules[n] for n in keep if n in modules]
-        limit = group_formation_time_limit(group_time_limit if check_each_group else None)
+        limit = group_formation_time_limit(group_time_limit if check else None)
         with warnings.catch_warnings(), limit:
             warnings.simplefilter("ignore")
             try:
@@ -261,11 +268,11 @@ def prune(
                 if formation is None:
                     raise
                 raise formation from None
-            if check_each_group:
-                _step_checked(pruner, work)
+            if check:
+                _step_checked(pruner, work, each_group=check == "each")
         return work, pruner
 
-    def _step_checked(pruner: EntropyPruner, work: nn.Module) -> None:
+    def _step_checked(pruner: EntropyPruner, work: nn.Module, each_group: bool) -> None:
         work_names = {m: n for n, m in work.named_modules()}
         scored = {"roots": None}
         estimate = pruner.estimate_importance
@@ -280,7 +287,7 @@ def prune(
             try:
                 group = next(groups)
             except StopIteration:
-                return
+                break
             except Exception as e:  # noqa: BLE001 - Torch-Pruning failed on the group it was forming or scoring
                 formation = _formation_failure(e, work)
                 if formation is not None:
@@ -291,24 +298,42 @@ def prune(
             roots = _group_roots(group, work_names, pruner.DG)
             try:
                 group.prune()
+                if not each_group:
+                    continue
                 sync_attention_heads(work)
                 sig = _signature(_forward(work, example_inputs), batch)
             except Exception as e:  # noqa: BLE001 - any failure of this group isolates it
                 raise _GroupFailure(roots, f"pruning breaks the forward pass ({_short(e)})") from None
             if sig != reference:
                 raise _GroupFailure(roots, "pruning changes the output structure")
+        if not each_group:
+            try:
+                sync_attention_heads(work)
+                if _signature(_forward(work, example_inputs), batch) == reference:
+                    return
+            except Exception:  # noqa: BLE001 - some group broke the model; the checked pass finds which
+                pass
+            raise _BrokenSomewhere
 
-    # 1) find the groups that cannot be pruned: one checked step at the target ratio (or 0.5 for speed-up)
+    # 1) find the groups that cannot be pruned: a step at the target ratio (or 0.5 for speed-up). The first try
+    # checks the forward pass once, after every group is pruned; once something broke, each group is checked
+    # right after it is pruned, so that the failure has a name (one forward per group: the expensive mode)
     probe_ratio = ratio if speed_up is None else 0.5
-    rounds = 0
-    for rounds in range(1, max_rounds + 1):  # noqa: B007 - the count is reported
+    rounds, check = 1, "end"
+    while True:
         try:
-            work, pruner = attempt(probe_ratio, 1, check_each_group=True)
+            work, pruner = attempt(probe_ratio, 1, check)
             break
+        except _BrokenSomewhere:
+            check = "each"
         except _GroupFailure as failure:
             new = [r for r in failure.roots if r not in keep]
             if not new:
                 raise RuntimeError(f"could not prune: {failure}") from None
+            if rounds >= max_rounds:
+                raise RuntimeError(f"gave up after isolating {max_rounds} groups that break the model; "
+                                   f"kept: {keep}") from None
+            rounds += 1
             # first time: keep the group's root; if it comes back re-rooted, keep every layer that could root it
             for name in (new[:1] if failure.roots[0] not in keep else new):
                 keep[name] = failure.reason if name == failure.roots[0] else f"in the group of {failure.roots[0]}"
@@ -322,8 +347,6 @@ def prune(
             raise  # the caller's data or importance is at fault, not the model
         except Exception as e:  # noqa: BLE001 - e.g. the dependency graph itself cannot be built
             raise RuntimeError(f"Torch-Pruning cannot prune this model: {_short(e)}") from e
-    else:
-        raise RuntimeError(f"gave up after isolating {max_rounds} groups that break the model; kept: {keep}")
     report.rounds, report.steps = rounds, 1
 
     # 2) speed-up target: progressive small steps on a fresh copy, without the isolated groups
@@ -331,7 +354,7 @@ def prune(
         if report.macs_before is None:
             raise RuntimeError("speed_up needs MAC counts, which Torch-Pruning's counter cannot produce for "
                                "this model; use ratio= instead")
-        work, pruner = attempt(0.95 if global_pruning else 0.9, max_steps, check_each_group=False)
+        work, pruner = attempt(0.95 if global_pruning else 0.9, max_steps, check=None)
         for step in range(1, max_steps + 1):
             pruner.step()
             sync_attention_heads(work)

@@ -27,18 +27,24 @@ from __future__ import annotations
 
 import signal
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from numbers import Number
 from typing import Any
 
 import torch
 import torch_pruning as tp
 from torch.overrides import TorchFunctionMode
 from torch_pruning import ops
+from torch_pruning._helpers import GroupItem, _HybridIndex, to_plain_idxs, to_root_idxs
 from torch_pruning.dependency import index_mapping, shape_infer
+from torch_pruning.dependency.dependency import Dependency
+from torch_pruning.dependency.group import Group
 from torch_pruning.dependency.index_mapping import _SplitIndexMapping
+from torch_pruning.pruner import function
 
-__all__ = ["GroupFormationTimeout", "exact_widths", "group_formation_time_limit", "record_concat_widths"]
+__all__ = ["GroupFormationTimeout", "exact_widths", "group_formation_time_limit", "record_concat_widths",
+           "visit_each_index_once"]
 
 _CONCATS = (torch.cat, torch.concat, torch.concatenate)
 _TOKENS = "tokens"  # recorded for a dim-1 concat of (batch, tokens, channels) tensors
@@ -179,6 +185,100 @@ def group_formation_time_limit(seconds: float | None) -> Iterator[None]:
             signal.signal(signal.SIGALRM, previous)
 
     tp.DependencyGraph.get_pruning_group = limited
+    try:
+        yield
+    finally:
+        tp.DependencyGraph.get_pruning_group = original
+
+
+class _ChannelBound:
+    """How many channels a ``(node, pruning function)`` of the graph has: the layer's own count where Torch-Pruning's
+    pruner for it knows it, else the widest layer of the graph (an index past it is no channel of anything)."""
+
+    def __init__(self, graph: tp.DependencyGraph) -> None:
+        self.graph, self.known = graph, {}
+        widths = [self._count(node.module, True) for node in graph.module2node.values()]
+        widths += [self._count(node.module, False) for node in graph.module2node.values()]
+        self.widest = max((w for w in widths if w is not None), default=0)
+
+    def _count(self, module, out: bool) -> int | None:
+        if not isinstance(module, torch.nn.Module):
+            return None
+        pruner = self.graph.get_pruner_of_module(module)
+        try:
+            n = pruner.get_out_channels(module) if out else pruner.get_in_channels(module)
+        except Exception:  # noqa: BLE001 - pruners of functional nodes do not know their widths
+            return None
+        return n if isinstance(n, int) and n > 0 else None
+
+    def __call__(self, node, fn) -> int:
+        key = (node, fn)
+        if key not in self.known:
+            out = fn is function.prune_depthwise_conv_out_channels or self.graph.is_out_channel_pruning_fn(fn)
+            self.known[key] = self._count(node.module, out) or self.widest
+        return self.known[key]
+
+
+def get_pruning_group(self: tp.DependencyGraph, module: torch.nn.Module, pruning_fn, idxs: Sequence[int]) -> Group:
+    """``DependencyGraph.get_pruning_group`` (same arguments, same group) with a search that visits each
+    ``(layer, pruning function, (index, root index))`` once. See :func:`visit_each_index_once`."""
+    if module not in self.module2node:
+        raise ValueError(f"Module {module} is not in the dependency graph.")
+    if isinstance(module, ops.TORCH_CONV) and module.groups == module.out_channels and module.out_channels > 1:
+        pruning_fn = function.prune_depthwise_conv_out_channels
+    start = [_HybridIndex(idx=i, root_idx=i) for i in ([idxs] if isinstance(idxs, Number) else idxs)]
+    index_mapping.update_index_mapping(self)
+    root = self.module2node[module]
+    found = Group()
+    found.add_dep(Dependency(pruning_fn, pruning_fn, source=root, target=root), start)
+    seen: dict[tuple, set[int]] = {(root, pruning_fn): {i.idx for i in start}}
+    bound = _ChannelBound(self)
+    todo = [(root, pruning_fn, start)]
+    while todo:
+        node, fn, indices = todo.pop()
+        for dep in node.dependencies:
+            if not dep.is_triggered_by(fn):
+                continue
+            mapped = indices
+            for mapping in dep.index_mapping:
+                if mapping is not None:
+                    mapped = mapping(mapped)
+            known = seen.setdefault((dep.target, dep.handler), set())
+            fresh, limit = [], bound(dep.target, dep.handler)
+            for i in mapped:  # index mappings act on each index alone: one seen here was already followed on
+                if i.idx not in known and 0 <= i.idx < limit:
+                    known.add(i.idx)
+                    fresh.append(i)
+            if fresh:
+                found.add_dep(dep, fresh)
+                todo.append((dep.target, dep.handler, fresh))
+    group = Group()  # one item per (layer, pruning function), indices merged, ignored parameters left out
+    for dep, indices in found.items:
+        if isinstance(dep.target.module, torch.nn.Parameter) and any(
+                dep.target.module is p for p in self.ignored_params):
+            continue
+        group.add_and_merge(dep, indices)
+    group._DG = self
+    for k, (dep, indices) in enumerate(group.items):
+        group[k] = GroupItem(dep, to_plain_idxs(indices))
+        group[k].root_idxs = to_root_idxs(indices)
+    return group
+
+
+@contextmanager
+def visit_each_index_once() -> Iterator[None]:
+    """Within the block, ``tp.DependencyGraph.get_pruning_group`` is :func:`get_pruning_group`.
+
+    Torch-Pruning 1.6 follows a dependency again whenever it arrives with an index list that differs from the ones
+    already recorded for that layer, even when every index in it was seen before. Where paths fork and merge many
+    times (RexNet's partial residual adds, EfficientViT-M, EfficientFormerV2, FocalNet) the same indices are
+    followed once per path, and forming one group does not finish in minutes. Every index mapping (concat, split,
+    flatten, slice, ...) maps each index on its own, so following only the indices not seen before at a
+    ``(layer, pruning function)`` reaches the same set of ``(layer, function, index, root index)``: the same group
+    after Torch-Pruning's merge, at a cost bounded by the number of such tuples.
+    """
+    original = tp.DependencyGraph.get_pruning_group
+    tp.DependencyGraph.get_pruning_group = get_pruning_group
     try:
         yield
     finally:

@@ -42,6 +42,7 @@ FAST_MODELS = [
     ("timm:hardcorenas_a", 64),          # NAS, SE
     ("timm:ese_vovnet19b_dw", 64),       # VoVNet, eSE
     ("timm:gernet_s", 64),               # GENet / ByobNet
+    ("timm:rexnet_100", 64),             # partial residual adds (Torch-Pruning's own group search never ends)
     ("torchvision:ssdlite320_mobilenet_v3_large", 320),  # detection
     ("torchvision:ssd300_vgg16", 300),   # detection, VGG backbone with extra feature layers
 ]

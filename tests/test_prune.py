@@ -181,17 +181,18 @@ class RepeatedBlocks(nn.Module):
 
 
 def _failing_on(monkeypatch, layer_index: int, failure):
-    """Make Torch-Pruning fail (``failure(module)``) when it forms the group rooted at ``blocks.1.<layer_index>``."""
-    import torch_pruning as tp
+    """Make Torch-Pruning fail (``failure(module)``) when it forms the group rooted at ``blocks.1.<layer_index>``
+    (in the group search that prune() installs, :func:`entropy_importance.tp_compat.get_pruning_group`)."""
+    from entropy_importance import tp_compat
 
-    original = tp.DependencyGraph.get_pruning_group
+    original = tp_compat.get_pruning_group
 
     def get_pruning_group(self, module, pruning_fn, idxs):
         if getattr(module, "_fail_here", False):
             failure(module)
         return original(self, module, pruning_fn, idxs)
 
-    monkeypatch.setattr(tp.DependencyGraph, "get_pruning_group", get_pruning_group)
+    monkeypatch.setattr(tp_compat, "get_pruning_group", get_pruning_group)
     model = RepeatedBlocks().eval()
     model.blocks[1][layer_index]._fail_here = True
     return model
@@ -247,3 +248,16 @@ def test_bad_group_time_limit_is_an_argument_error(limit):
     model = RepeatedBlocks().eval()
     with pytest.raises(ValueError, match="group_time_limit must be a number of seconds > 0"):
         prune(model, torch.randn(2, 8), "information-capacity", group_time_limit=limit)
+
+
+def test_a_model_without_breaking_groups_is_checked_once_not_once_per_group():
+    model = RepeatedBlocks().eval()
+    torch.manual_seed(0)
+    model.blocks = nn.ModuleList(nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 16)) for _ in range(12))
+    calls = []
+    model.stem.register_forward_hook(lambda *args: calls.append(1))  # deep copies carry the hook: counts them all
+    pruned, report = prune(model, torch.randn(2, 8), "information-capacity", ratio=0.5)
+    assert report.rounds == 1 and {b[0].out_features for b in pruned.blocks} == {16}
+    # 13 prunable groups (12 hidden widths + the stream); a forward check per group would alone make 13 passes.
+    # Counted by hand: reference, MACs and widths before and after (2 + 2), Torch-Pruning's trace, one check = 7
+    assert len(calls) == 7
