@@ -151,7 +151,8 @@ def _same_place_in_repeated_blocks(name: str, model: nn.Module) -> list[str]:
     """Layers of the same type at the same path with other block indices (``stages.3.blocks.1.attn.qkv`` ->
     ``stages.*.blocks.*.attn.qkv``): a group Torch-Pruning cannot form in one block it cannot form in the others."""
     modules = dict(model.named_modules())
-    pattern = re.compile(re.sub(r"\\\.\d+(?=\\\.|$)", r"\\.\\d+", re.escape(name)) + "$")
+    # every block index is a wildcard; a trailing index names the layer inside the block and stays
+    pattern = re.compile(re.sub(r"\\\.\d+(?=\\\.)", r"\\.\\d+", re.escape(name)) + "$")
     return [n for n, m in modules.items() if n != name and pattern.match(n) and type(m) is type(modules[name])]
 
 

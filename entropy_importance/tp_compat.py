@@ -98,6 +98,7 @@ def exact_widths() -> Iterator[None]:
     autograd nodes alive until the block ends: not thread-safe."""
     original = index_mapping.update_concat_index_mapping
     original_init, original_split = shape_infer.init_shape_information, index_mapping.update_split_index_mapping
+    original_reshape = index_mapping.update_reshape_index_mapping
 
     def pieces(node) -> tuple[list[int], list[int | None]] | None:
         widths = _split_widths(node.grad_fn) if node.type == ops.OPTYPE.SPLIT else None
@@ -144,15 +145,31 @@ def exact_widths() -> Iterator[None]:
                 return  # Torch-Pruning's rule for unknown widths: no index mapping
         original(graph, cat_node)
 
-    patched = (guarded, init_with_exact_splits, split_with_exact_pieces)
-    (index_mapping.update_concat_index_mapping, shape_infer.init_shape_information,
-     index_mapping.update_split_index_mapping) = patched
+    def reshape_or_barrier(graph, reshape_node) -> None:
+        try:
+            original_reshape(graph, reshape_node)
+        except ZeroDivisionError:  # a width inferred as 0 (ShuffleNet's channel shuffle): no index crosses it
+            for near in (*reshape_node.inputs, *reshape_node.outputs):
+                for dep in (*reshape_node.dependencies, *near.dependencies):
+                    if {dep.source, dep.target} == {reshape_node, near}:
+                        dep.index_mapping[0] = _no_channels
+
+    patched = (guarded, split_with_exact_pieces, reshape_or_barrier, init_with_exact_splits)
+    (index_mapping.update_concat_index_mapping, index_mapping.update_split_index_mapping,
+     index_mapping.update_reshape_index_mapping, shape_infer.init_shape_information) = patched
     try:
         yield
     finally:
-        (index_mapping.update_concat_index_mapping, shape_infer.init_shape_information,
-         index_mapping.update_split_index_mapping) = original, original_init, original_split
+        (index_mapping.update_concat_index_mapping, index_mapping.update_split_index_mapping,
+         index_mapping.update_reshape_index_mapping, shape_infer.init_shape_information) = (
+            original, original_split, original_reshape, original_init)
         _recorded.clear()
+
+
+def _no_channels(idxs: list) -> list:
+    """Index mapping across a reshape whose channel correspondence is unknown: the group stops there (``prune()``
+    then finds that pruning it breaks the forward pass and keeps it)."""
+    return []
 
 
 class GroupFormationTimeout(RuntimeError):

@@ -205,13 +205,15 @@ def test_group_torch_pruning_cannot_form_is_kept_with_its_copies_in_repeated_blo
     model = _failing_on(monkeypatch, 0, fail)
     pruned, report = prune(model, torch.randn(2, 8), "information-capacity", ratio=0.5)
     # hand-derived: the group of blocks.1.0 (its 32 hidden units) fails to form; blocks.0.0 and blocks.2.0 are the
-    # same layer of the repeated block and are kept in the same round (a second round then succeeds); a kept layer
-    # keeps its input width too, so the 16-wide stream that feeds all three stays as well
+    # same layer of the repeated block and are kept in the same round (a second round then succeeds); the other
+    # layer of each block (blocks.*.2, the trailing index names a different layer) is not kept, so the 16-wide
+    # stream is still pruned to 8, which the kept layers' inputs follow
     assert "cannot form this group (ZeroDivisionError" in report.kept_unpruned["blocks.1.0"]
     assert report.kept_unpruned["blocks.0.0"].startswith("like blocks.1.0")
     assert report.kept_unpruned["blocks.2.0"].startswith("like blocks.1.0")
     assert [b[0].out_features for b in pruned.blocks] == [32, 32, 32]
-    assert pruned.stem.out_features == 16 and report.rounds == 2
+    assert pruned.stem.out_features == 8 and report.rounds == 2
+    assert {b[0].in_features for b in pruned.blocks} == {8} and "blocks.0.2" not in report.kept_unpruned
 
 
 def test_group_that_takes_too_long_to_form_is_kept(monkeypatch):
@@ -261,3 +263,22 @@ def test_a_model_without_breaking_groups_is_checked_once_not_once_per_group():
     # 13 prunable groups (12 hidden widths + the stream); a forward check per group would alone make 13 passes.
     # Counted by hand: reference, MACs and widths before and after (2 + 2), Torch-Pruning's trace, one check = 7
     assert len(calls) == 7
+
+
+def test_shufflenet_keeps_the_convs_whose_channels_cross_a_channel_shuffle():
+    import torchvision
+
+    # Torch-Pruning 1.6 divides by zero building the graph of a channel shuffle (view to 5-d, transpose, view back);
+    # the reshape now stops groups instead, and prune() finds that pruning across it breaks the forward pass. By
+    # hand: a unit's output convs (branch2.5; branch1.2 of the first unit of a stage) feed the shuffle and keep their
+    # width; the convs inside branch2 (branch2.0 -> depthwise branch2.3 -> branch2.5's input) do not cross it
+    model = torchvision.models.shufflenet_v2_x0_5(num_classes=10).eval()
+    pruned, report = prune(model, torch.randn(1, 3, 64, 64), "information-capacity", ratio=0.5)
+    convs, before = dict(pruned.named_modules()), dict(model.named_modules())
+    for stage, units in (("stage2", 4), ("stage3", 8), ("stage4", 4)):
+        for unit in range(units):
+            inner, original = convs[f"{stage}.{unit}.branch2.0"], before[f"{stage}.{unit}.branch2.0"]
+            assert inner.out_channels == original.out_channels // 2
+            assert convs[f"{stage}.{unit}.branch2.5"].out_channels == original.out_channels
+        assert f"{stage}.0.branch1.2" in report.kept_unpruned
+    assert pruned(torch.randn(2, 3, 64, 64)).shape == (2, 10) and report.speed_up > 1.5
