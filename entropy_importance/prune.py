@@ -10,7 +10,8 @@ What it configures so that the caller does not have to:
   without them (``kept_unpruned`` in the report says which and why);
 * a MAC speed-up target is reached by small progressive steps, re-calibrating data-driven criteria each step;
 * splits, and concats whose input widths Torch-Pruning cannot infer, get exact widths, and groups are formed by a
-  search that visits each channel once (:mod:`.tp_compat`).
+  search that visits each channel once, and a layer's extra per-channel parameters (NF-Net ``gain``) are pruned with
+  its weight (:mod:`.tp_compat`).
 
 The caller's model is never modified: pruning runs on a deep copy, which is returned.
 """
@@ -34,7 +35,13 @@ from .counting import count_params, stage_widths
 from .models import attention_num_heads, classifier_layers, sync_attention_heads
 from .pruner import EntropyPruner, needs_refresh
 from .registry import create_importance
-from .tp_compat import exact_widths, group_formation_time_limit, record_concat_widths, visit_each_index_once
+from .tp_compat import (
+    exact_widths,
+    extra_parameters_follow,
+    group_formation_time_limit,
+    record_concat_widths,
+    visit_each_index_once,
+)
 
 __all__ = ["prune", "PruneReport", "head_layers"]
 
@@ -198,6 +205,7 @@ def _validate(ratio: float, speed_up: float | None, importance, calibration_data
 
 @exact_widths()
 @visit_each_index_once()
+@extra_parameters_follow()
 def prune(
     model: nn.Module,
     example_inputs: Any,

@@ -43,8 +43,8 @@ from torch_pruning.dependency.group import Group
 from torch_pruning.dependency.index_mapping import _SplitIndexMapping
 from torch_pruning.pruner import function
 
-__all__ = ["GroupFormationTimeout", "exact_widths", "group_formation_time_limit", "record_concat_widths",
-           "visit_each_index_once"]
+__all__ = ["GroupFormationTimeout", "exact_widths", "extra_parameters_follow", "group_formation_time_limit",
+           "record_concat_widths", "visit_each_index_once"]
 
 _CONCATS = (torch.cat, torch.concat, torch.concatenate)
 _TOKENS = "tokens"  # recorded for a dim-1 concat of (batch, tokens, channels) tensors
@@ -300,3 +300,41 @@ def visit_each_index_once() -> Iterator[None]:
         yield
     finally:
         tp.DependencyGraph.get_pruning_group = original
+
+
+def _per_output_parameters(module: torch.nn.Module) -> list[tuple[str, torch.nn.Parameter]]:
+    """Parameters of a conv / linear layer besides ``weight`` and ``bias`` with one entry per output channel
+    (timm's ``ScaledStdConv2d.gain``): Torch-Pruning's layer pruners only know ``weight`` and ``bias``."""
+    if not isinstance(module, (torch.nn.modules.conv._ConvNd, torch.nn.Linear)) or getattr(module, "transposed", False):
+        return []
+    out = module.weight.shape[0]
+    return [(name, p) for name, p in module.named_parameters(recurse=False)
+            if name not in ("weight", "bias") and p.dim() >= 1 and p.shape[0] == out]
+
+
+@contextmanager
+def extra_parameters_follow() -> Iterator[None]:
+    """Within the block, pruning the output channels of a conv / linear layer also prunes its other per-channel
+    parameters (:func:`_per_output_parameters`), so that a subclass such as timm's ``ScaledStdConv2d`` (NF-Nets)
+    keeps a ``gain`` as wide as its weight. Patches ``Dependency.__call__`` of Torch-Pruning: not thread-safe."""
+    original = Dependency.__call__
+
+    def call(self, idxs):
+        module = self.target.module
+        extra = _per_output_parameters(module) if getattr(self.handler, "__name__", "") == "prune_out_channels" \
+            else []
+        before = module.weight.shape[0] if extra else 0
+        result = original(self, idxs)
+        if extra:
+            drop = set(to_plain_idxs(list(idxs)))
+            keep = torch.tensor([i for i in range(before) if i not in drop], dtype=torch.long)
+            for name, p in extra:
+                kept = p.detach().index_select(0, keep.to(p.device))
+                setattr(module, name, torch.nn.Parameter(kept, requires_grad=p.requires_grad))
+        return result
+
+    Dependency.__call__ = call
+    try:
+        yield
+    finally:
+        Dependency.__call__ = original

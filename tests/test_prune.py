@@ -282,3 +282,19 @@ def test_shufflenet_keeps_the_convs_whose_channels_cross_a_channel_shuffle():
             assert convs[f"{stage}.{unit}.branch2.5"].out_channels == original.out_channels
         assert f"{stage}.0.branch1.2" in report.kept_unpruned
     assert pruned(torch.randn(2, 3, 64, 64)).shape == (2, 10) and report.speed_up > 1.5
+
+
+def test_per_channel_parameters_of_a_conv_subclass_are_pruned_with_its_weight():
+    from timm.layers import ScaledStdConv2d
+
+    torch.manual_seed(0)
+    model = nn.Sequential(ScaledStdConv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 4, 3, padding=1), nn.ReLU(),
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2)).eval()
+    with torch.no_grad():
+        model[0].gain.copy_(torch.arange(1.0, 9.0).view(8, 1, 1, 1))  # a distinct gain per output channel
+    pruned, report = prune(model, torch.randn(1, 3, 8, 8), "information-capacity", ratio=0.5)
+    # the channels that stayed are found by their weight rows; each must keep its own gain (Torch-Pruning alone
+    # leaves the 8 gains, and the layer's forward fails: "weight should contain 4 elements not 8")
+    rows = [next(c for c in range(8) if torch.equal(model[0].weight[c], w)) for w in pruned[0].weight]
+    assert len(rows) == 4 and pruned[0].gain.flatten().tolist() == [float(c + 1) for c in rows]
+    assert report.rounds == 1 and pruned(torch.randn(2, 3, 8, 8)).shape == (2, 2)
