@@ -344,14 +344,16 @@ def prune(
                                    f"kept: {keep}") from None
             rounds += 1
             # first time: keep the group's root; if it comes back re-rooted, keep every layer that could root it
-            for name in (new[:1] if failure.roots[0] not in keep else new):
+            added = new[:1] if failure.roots[0] not in keep else new
+            for name in added:
                 keep[name] = failure.reason if name == failure.roots[0] else f"in the group of {failure.roots[0]}"
             # the same layer of a repeated block: a group Torch-Pruning cannot form, or a second failure at the
             # same place, keeps that layer in every copy of the block in one round instead of one round per copy
-            copies = _same_place_in_repeated_blocks(failure.roots[0], model)
-            if failure.formation or any(name in keep for name in copies):
-                for name in copies:
-                    keep.setdefault(name, f"like {failure.roots[0]}: {failure.reason}")
+            for name in added:
+                copies = _same_place_in_repeated_blocks(name, model)
+                if failure.formation or any(other in keep for other in copies):
+                    for other in copies:
+                        keep.setdefault(other, f"like {name}: {keep[name]}")
         except (CalibrationError, NotCalibratedError, StaleStatisticsError):
             raise  # the caller's data or importance is at fault, not the model
         except Exception as e:  # noqa: BLE001 - e.g. the dependency graph itself cannot be built
