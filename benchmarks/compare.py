@@ -32,18 +32,17 @@ import copy
 import json
 import sys
 import time
-import warnings
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 import torch.nn as nn
-import torch_pruning as tp
 from tqdm import tqdm
 
 from entropy_importance import EntropyPruner, create_importance, list_importances
-from entropy_importance.counting import count_params
+from entropy_importance.counting import count_params, tp_macs
+from entropy_importance.models import classifier_layers
 
 from .cifar_training import (
     Split,
@@ -106,16 +105,6 @@ FULL = Config(archs=["resnet56", "vgg16"], seeds=[0, 1, 2], train_limit=None, va
               epochs=15, steps=100, calibration_batches=8, finetune_images=None, finetune_epochs=2)
 
 
-def _head(model: nn.Module) -> nn.Module:
-    return model.fc if hasattr(model, "fc") else model.classifier[-1]
-
-
-def _macs(model: nn.Module, x: torch.Tensor) -> float:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return float(tp.utils.count_ops_and_params(model, x)[0])
-
-
 class _Timed:
     """Wall time spent refreshing statistics (calibration, gradients) and scoring groups."""
 
@@ -145,15 +134,15 @@ def progressive(model: nn.Module, criterion: str, calibration: list, targets: li
     torch.manual_seed(seed)
     model = copy.deepcopy(model).eval()
     example = calibration[0][0][:1]
-    base = _macs(model, example)
+    base = tp_macs(model, example)
     pruner = EntropyPruner(model, example, create_importance(criterion, **options), calibration_data=calibration,
-                           pruning_ratio=0.9, iterative_steps=steps, ignored_layers=[_head(model)],
-                           global_pruning=global_pruning)
+                           pruning_ratio=0.9, iterative_steps=steps, global_pruning=global_pruning,
+                           ignored_layers=classifier_layers(model, last_only=True))
     times = _Timed(pruner)
     pending = sorted(targets)
     for _ in range(steps):
         pruner.step()
-        reached = base / _macs(model, example)
+        reached = base / tp_macs(model, example)
         while pending and reached >= pending[0]:
             yield pending.pop(0), reached, copy.deepcopy(model), times
         if not pending:
@@ -185,7 +174,7 @@ def run_grid(cfg: Config, results: Path, cache: Path) -> None:
             base = trained_model(arch, seed, splits, cfg.epochs, cfg.lr, cache)
             calib = calibration_batches(splits, cfg, seed)
             _record(results, done, {"kind": "base", "arch": arch, "seed": seed, "params": count_params(base),
-                                    "macs": _macs(base, calib[0][0][:1]), "val": evaluate(base, splits.val),
+                                    "macs": tp_macs(base, calib[0][0][:1]), "val": evaluate(base, splits.val),
                                     "test": evaluate(base, splits.test)})
             if arch in cfg.ablation_archs and seed == cfg.seeds[0]:
                 _ablations(cfg, arch, seed, base, splits, calib, results, done)

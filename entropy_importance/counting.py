@@ -9,7 +9,7 @@ import torch
 import torch.nn as nn
 import torch_pruning as tp
 
-__all__ = ["count_params", "count_macs", "stage_modules", "stage_widths"]
+__all__ = ["count_params", "count_macs", "stage_modules", "stage_widths", "tp_macs"]
 
 
 def count_params(model: nn.Module) -> int:
@@ -32,6 +32,17 @@ def count_macs(model: nn.Module, example_inputs: torch.Tensor) -> dict[str, int]
         thop_macs, _ = thop.profile(copy.deepcopy(model), inputs=(example_inputs,), verbose=False)
         tp_macs, _ = tp.utils.count_ops_and_params(model, example_inputs)
     return {"thop": int(thop_macs), "tp": int(tp_macs)}
+
+
+def tp_macs(model: nn.Module, example_inputs) -> int | None:
+    """Torch-Pruning's MAC count (``tp.utils.count_ops_and_params``) of one forward pass, or None where that
+    counter fails (some detectors trip it)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return int(tp.utils.count_ops_and_params(model, example_inputs)[0])
+    except Exception:  # noqa: BLE001 - MACs are then unknown, which callers handle
+        return None
 
 
 def stage_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:

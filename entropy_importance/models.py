@@ -36,9 +36,19 @@ def create_model(spec: str, num_classes: int | None = None, **model_kwargs) -> n
     raise ValueError(f"model spec must look like 'timm:NAME' or 'torchvision:NAME' or be a file, got {spec!r}")
 
 
-def classifier_layers(model: nn.Module) -> list[nn.Module]:
+def classifier_layers(model: nn.Module, last_only: bool = False) -> list[nn.Module]:
     """The layers whose output width is fixed by the task: timm's ``get_classifier()``, else torchvision's
-    ``fc`` / ``classifier`` / ``head`` / ``heads``, else the last ``nn.Linear``."""
+    ``fc`` / ``classifier`` / ``head`` / ``heads``, else the last ``nn.Linear``. With ``last_only``, only the last
+    conv / linear layer inside that head (VGG's ``classifier[-1]``: the hidden layers of a multi-layer classifier
+    are then pruned, as in the VGG recipes of the papers)."""
+    heads = _classifier_modules(model)
+    if not last_only:
+        return heads
+    layers = [m for head in heads for m in head.modules() if isinstance(m, (nn.Linear, nn.modules.conv._ConvNd))]
+    return layers[-1:] or heads
+
+
+def _classifier_modules(model: nn.Module) -> list[nn.Module]:
     get_classifier = getattr(model, "get_classifier", None)
     if callable(get_classifier):
         head = get_classifier()

@@ -28,10 +28,9 @@ from typing import Any
 
 import torch
 import torch.nn as nn
-import torch_pruning as tp
 
 from .calibration import CalibrationError, NotCalibratedError, StaleStatisticsError
-from .counting import count_params, stage_widths
+from .counting import count_params, stage_widths, tp_macs
 from .models import attention_num_heads, classifier_layers, sync_attention_heads
 from .pruner import EntropyPruner, needs_refresh
 from .registry import create_importance
@@ -122,15 +121,6 @@ def _signature(out: Any, batch: int | None) -> Any:
     if isinstance(out, (list, tuple)):
         return ("L", type(out).__name__, len(out), tuple(_signature(v, batch) for v in out[:1]) if out else ())
     return ("O", type(out).__name__)
-
-
-def _macs(model: nn.Module, x: Any) -> int | None:
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            return int(tp.utils.count_ops_and_params(model, x)[0])
-    except Exception:  # noqa: BLE001 - some detectors trip the counter; MACs are then unknown, not fatal
-        return None
 
 
 def _widths(model: nn.Module, x: Any) -> dict[str, int]:
@@ -254,7 +244,7 @@ def prune(
     base = copy.deepcopy(model).eval()
     batch = _batch_size(example_inputs)
     reference = _signature(_forward(base, example_inputs), batch)
-    report = PruneReport(count_params(base), 0, _macs(base, example_inputs), None,
+    report = PruneReport(count_params(base), 0, tp_macs(base, example_inputs), None,
                          widths_before=_widths(base, example_inputs))
     common = dict(global_pruning=global_pruning, round_to=round_to, calibration_data=calibration_data,
                   calibration_batches=calibration_batches, **tp_kwargs)
@@ -369,7 +359,7 @@ def prune(
         for step in range(1, max_steps + 1):
             pruner.step()
             sync_attention_heads(work)
-            macs = _macs(work, example_inputs)
+            macs = tp_macs(work, example_inputs)
             report.steps = step
             if macs is not None and report.macs_before / macs >= speed_up:
                 break
@@ -380,7 +370,7 @@ def prune(
             raise RuntimeError("progressive pruning changed the output structure")
 
     report.params_after = count_params(work)
-    report.macs_after = _macs(work, example_inputs)
+    report.macs_after = tp_macs(work, example_inputs)
     report.widths_after = _widths(work, example_inputs)
     report.kept_unpruned = keep
     return work, report

@@ -106,8 +106,9 @@ def run_one(spec: str, criteria: list[str], size: int) -> None:
     import torch_pruning as tp
 
     from entropy_importance import prune
+    from entropy_importance.counting import tp_macs
     from entropy_importance.models import classifier_layers, create_model
-    from entropy_importance.prune import _batch_size, _forward, _macs, _signature, head_layers
+    from entropy_importance.prune import _batch_size, _forward, _signature, head_layers
 
     warnings.simplefilter("ignore")
     torch.manual_seed(0)
@@ -155,12 +156,12 @@ def run_one(spec: str, criteria: list[str], size: int) -> None:
     model, x = build()
     params = sum(p.numel() for p in model.parameters())
     reference = _signature(_forward(model, x), _batch_size(x))
-    base_macs = _macs(model, x)
+    base_macs = tp_macs(model, x)
 
     def check(pruned) -> str | None:
         if _signature(_forward(pruned, x), _batch_size(x)) != reference:
             return "output structure changed"
-        macs = _macs(pruned, x)
+        macs = tp_macs(pruned, x)
         if base_macs is not None and macs is not None and macs >= base_macs:
             return "MACs did not drop"
         return None

@@ -298,3 +298,12 @@ def test_per_channel_parameters_of_a_conv_subclass_are_pruned_with_its_weight():
     rows = [next(c for c in range(8) if torch.equal(model[0].weight[c], w)) for w in pruned[0].weight]
     assert len(rows) == 4 and pruned[0].gain.flatten().tolist() == [float(c + 1) for c in rows]
     assert report.rounds == 1 and pruned(torch.randn(2, 3, 8, 8)).shape == (2, 2)
+
+
+def test_classifier_layers_last_only_leaves_a_multi_layer_head_prunable():
+    from entropy_importance.cifar import vgg16_bn
+    from entropy_importance.models import classifier_layers
+
+    vgg, res = vgg16_bn(10), resnet56(10)
+    assert classifier_layers(vgg) == [vgg.classifier] and classifier_layers(vgg, last_only=True) == [vgg.classifier[3]]
+    assert classifier_layers(res) == classifier_layers(res, last_only=True) == [res.fc]
