@@ -9,9 +9,9 @@ One model per timm architecture family (the smallest, skipping > ``--max-params`
 model) and the torchvision classification and detection models (detectors resize their input to 320 px, their
 smallest standard size, and fixed-size timm models are built for the smallest multiple of ``--size`` they accept,
 to keep the sweep affordable on a CPU). Each model runs in its own subprocess with a time
-and memory limit (results finished before a timeout are kept); inside it, plain Torch-Pruning
-(``MagnitudeImportance``, classifier ignored, nothing else configured) and ``prune()`` with each criterion prune it
-at ratio 0.5 (data-driven criteria are calibrated on 2 batches of random images). A run passes when the pruned
+and memory limit (results finished before a timeout are kept); inside it, ``prune()`` with each criterion and then
+plain Torch-Pruning (``MagnitudeImportance``, classifier ignored, nothing else configured, the same 60 s limit per
+group as ``prune()``) prune it at ratio 0.5 (data-driven criteria are calibrated on 2 batches of random images). A run passes when the pruned
 model runs, its outputs keep their structure and shapes, and its MACs (Torch-Pruning's counter) dropped. Results
 are appended to ``--jsonl`` (``--resume`` skips models already there) and summarised in ``--out``.
 """
@@ -109,6 +109,7 @@ def run_one(spec: str, criteria: list[str], size: int) -> None:
     from entropy_importance.counting import tp_macs
     from entropy_importance.models import classifier_layers, create_model
     from entropy_importance.prune import _batch_size, _forward, _signature, head_layers
+    from entropy_importance.tp_compat import group_formation_time_limit
 
     warnings.simplefilter("ignore")
     torch.manual_seed(0)
@@ -166,20 +167,6 @@ def run_one(spec: str, criteria: list[str], size: int) -> None:
             return "MACs did not drop"
         return None
 
-    t = time.perf_counter()
-    try:  # plain Torch-Pruning prunes in place, so it gets its own copy; prune() never modifies its input
-        plain = copy.deepcopy(model)
-        heads = list(head_layers(plain)) or classifier_layers(plain)
-        pruner = tp.pruner.MetaPruner(plain, x, importance=tp.importance.MagnitudeImportance(),
-                                      pruning_ratio=0.5, ignored_layers=heads)
-        pruner.step()
-        failure = check(plain)
-        del plain, pruner
-    except Exception as e:  # noqa: BLE001
-        failure = f"{type(e).__name__}: {str(e).splitlines()[0][:150] if str(e) else ''}"
-    _emit({"spec": spec, "criterion": BASELINE, "ok": failure is None, "reason": failure,
-           "seconds": time.perf_counter() - t, "params": params, "input": list(x.shape)})
-
     g = torch.Generator().manual_seed(0)
     data = [(torch.randn(2, *x.shape[1:], generator=g), torch.randint(0, 10, (2,), generator=g)) for _ in range(2)]
     for criterion in criteria:
@@ -192,6 +179,23 @@ def run_one(spec: str, criteria: list[str], size: int) -> None:
             failure, kept = f"{type(e).__name__}: {str(e).splitlines()[0][:150] if str(e) else ''}", {}
         _emit({"spec": spec, "criterion": criterion, "ok": failure is None, "reason": failure,
                "kept": kept, "seconds": time.perf_counter() - t, "params": params, "input": list(x.shape)})
+
+    # plain Torch-Pruning last, and with the same 60 s limit per group that prune() has: on some models its group
+    # search never ends, which would otherwise spend the model's whole time limit before prune() has run
+    t = time.perf_counter()
+    try:  # plain Torch-Pruning prunes in place, so it gets its own copy; prune() never modifies its input
+        plain = copy.deepcopy(model)
+        heads = list(head_layers(plain)) or classifier_layers(plain)
+        with group_formation_time_limit(60.0):
+            pruner = tp.pruner.MetaPruner(plain, x, importance=tp.importance.MagnitudeImportance(),
+                                          pruning_ratio=0.5, ignored_layers=heads)
+            pruner.step()
+        failure = check(plain)
+        del plain, pruner
+    except Exception as e:  # noqa: BLE001
+        failure = f"{type(e).__name__}: {str(e).splitlines()[0][:150] if str(e) else ''}"
+    _emit({"spec": spec, "criterion": BASELINE, "ok": failure is None, "reason": failure,
+           "seconds": time.perf_counter() - t, "params": params, "input": list(x.shape)})
 
 
 def _emit(row: dict) -> None:
