@@ -11,8 +11,9 @@ smallest standard size, and fixed-size timm models are built for the smallest mu
 to keep the sweep affordable on a CPU). Each model runs in its own subprocess with a time
 and memory limit (results finished before a timeout are kept); inside it, ``prune()`` with each criterion and then
 plain Torch-Pruning (``MagnitudeImportance``, classifier ignored, nothing else configured, the same 60 s limit per
-group as ``prune()``) prune it at ratio 0.5 (data-driven criteria are calibrated on 2 batches of random images). A run passes when the pruned
-model runs, its outputs keep their structure and shapes, and its MACs (Torch-Pruning's counter) dropped. Results
+group as ``prune()``) prune it at ratio 0.5 (data-driven criteria are calibrated on 2 batches of random images).
+A run passes when the pruned model runs, its outputs keep their structure and shapes, and its MACs
+(Torch-Pruning's counter) dropped. Results
 are appended to ``--jsonl`` (``--resume`` skips models already there) and summarised in ``--out``.
 """
 

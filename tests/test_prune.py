@@ -307,3 +307,19 @@ def test_classifier_layers_last_only_leaves_a_multi_layer_head_prunable():
     vgg, res = vgg16_bn(10), resnet56(10)
     assert classifier_layers(vgg) == [vgg.classifier] and classifier_layers(vgg, last_only=True) == [vgg.classifier[3]]
     assert classifier_layers(res) == classifier_layers(res, last_only=True) == [res.fc]
+
+
+def test_only_fused_qkv_attention_gets_heads_and_a_synced_head_dim():
+    from entropy_importance.models import attention_num_heads, sync_attention_heads
+
+    class Attention(nn.Module):
+        def __init__(self, outputs_per_head: int):  # 3: q, k, v (ViT); 2: k, v only (GCViT's global attention)
+            super().__init__()
+            self.num_heads, self.head_dim = 4, 8
+            self.qkv = nn.Linear(32, outputs_per_head * 32)
+
+    model = nn.Sequential(Attention(3), Attention(2))
+    assert attention_num_heads(model) == {model[0].qkv: 4}
+    model[0].qkv.out_features = model[1].qkv.out_features = 48  # as if pruned: 48 = 3 q/k/v x 4 heads x 4
+    sync_attention_heads(model)
+    assert (model[0].head_dim, model[1].head_dim) == (4, 8)
