@@ -42,7 +42,10 @@ from .tp_compat import (
     visit_each_index_once,
 )
 
-__all__ = ["prune", "PruneReport", "head_layers"]
+__all__ = ["prune", "PruneReport", "head_layers", "GROUP_TIME_LIMIT"]
+
+#: seconds Torch-Pruning may take to form one group before ``prune()`` keeps that group unpruned (its default)
+GROUP_TIME_LIMIT = 60.0
 
 
 @dataclass
@@ -210,7 +213,7 @@ def prune(
     round_to: int | None = None,
     max_rounds: int = 12,
     max_steps: int = 200,
-    group_time_limit: float | None = 60.0,
+    group_time_limit: float | None = GROUP_TIME_LIMIT,
     **tp_kwargs: Any,
 ) -> tuple[nn.Module, PruneReport]:
     """Prune a copy of ``model`` and return ``(pruned_model, report)``; ``model`` itself is left unchanged.
@@ -299,20 +302,22 @@ def prune(
                 group.prune()
                 if not each_group:
                     continue
-                sync_attention_heads(work)
-                sig = _signature(_forward(work, example_inputs), batch)
+                sig = output_signature(work)
             except Exception as e:  # noqa: BLE001 - any failure of this group isolates it
                 raise _GroupFailure(roots, f"pruning breaks the forward pass ({_short(e)})") from None
             if sig != reference:
                 raise _GroupFailure(roots, "pruning changes the output structure")
         if not each_group:
             try:
-                sync_attention_heads(work)
-                if _signature(_forward(work, example_inputs), batch) == reference:
-                    return
+                sig = output_signature(work)
             except Exception:  # noqa: BLE001 - some group broke the model; the checked pass finds which
-                pass
-            raise _BrokenSomewhere
+                raise _BrokenSomewhere from None
+            if sig != reference:
+                raise _BrokenSomewhere
+
+    def output_signature(work: nn.Module) -> Any:
+        sync_attention_heads(work)
+        return _signature(_forward(work, example_inputs), batch)
 
     # 1) find the groups that cannot be pruned: a step at the target ratio (or 0.5 for speed-up). The first try
     # checks the forward pass once, after every group is pruned; once something broke, each group is checked

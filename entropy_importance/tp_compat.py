@@ -25,6 +25,7 @@ unknown widths (no index mapping), and ``prune()`` checks the forward pass after
 
 from __future__ import annotations
 
+import functools
 import signal
 import threading
 from collections.abc import Iterator, Sequence
@@ -214,9 +215,13 @@ class _ChannelBound:
 
     def __init__(self, graph: tp.DependencyGraph) -> None:
         self.graph, self.known = graph, {}
-        widths = [self._count(node.module, True) for node in graph.module2node.values()]
-        widths += [self._count(node.module, False) for node in graph.module2node.values()]
-        self.widest = max((w for w in widths if w is not None), default=0)
+
+    @functools.cached_property
+    def widest(self) -> int:
+        """Only needed once the search reaches a node without a known width; a walk over the whole graph."""
+        nodes = self.graph.module2node.values()
+        widths = [self._count(node.module, out) for node in nodes for out in (True, False)]
+        return max((w for w in widths if w is not None), default=0)
 
     def _count(self, module, out: bool) -> int | None:
         if not isinstance(module, torch.nn.Module):
@@ -237,8 +242,9 @@ class _ChannelBound:
 
 
 def get_pruning_group(self: tp.DependencyGraph, module: torch.nn.Module, pruning_fn, idxs: Sequence[int]) -> Group:
-    """``DependencyGraph.get_pruning_group`` (same arguments, same group) with a search that visits each
-    ``(layer, pruning function, (index, root index))`` once. See :func:`visit_each_index_once`."""
+    """``DependencyGraph.get_pruning_group`` (same arguments, same group wherever Torch-Pruning's is valid) with a
+    search that follows each ``(layer, pruning function, index)`` once and drops indices past the layer's width.
+    See :func:`visit_each_index_once`."""
     if module not in self.module2node:
         raise ValueError(f"Module {module} is not in the dependency graph.")
     if isinstance(module, ops.TORCH_CONV) and module.groups == module.out_channels and module.out_channels > 1:
@@ -287,12 +293,15 @@ def visit_each_index_once() -> Iterator[None]:
     """Within the block, ``tp.DependencyGraph.get_pruning_group`` is :func:`get_pruning_group`.
 
     Torch-Pruning 1.6 follows a dependency again whenever it arrives with an index list that differs from the ones
-    already recorded for that layer, even when every index in it was seen before. Where paths fork and merge many
-    times (RexNet's partial residual adds, EfficientViT-M, EfficientFormerV2, FocalNet) the same indices are
-    followed once per path, and forming one group does not finish in minutes. Every index mapping (concat, split,
-    flatten, slice, ...) maps each index on its own, so following only the indices not seen before at a
-    ``(layer, pruning function)`` reaches the same set of ``(layer, function, index, root index)``: the same group
-    after Torch-Pruning's merge, at a cost bounded by the number of such tuples.
+    already recorded for that layer, even when every index in it was seen before, and follows indices past a
+    layer's width (a flatten mapping multiplies them on every pass around a cycle of reshapes). Where paths fork
+    and merge many times (RexNet's partial residual adds, EfficientViT-M, EfficientFormerV2, FocalNet) forming one
+    group does not finish in minutes. Every index mapping (concat, split, flatten, slice, ...) maps each index on
+    its own, so following only the indices not seen before at a ``(layer, pruning function)`` reaches the same
+    indices at every layer; each keeps the root index it first arrived with, which is Torch-Pruning's choice too
+    where the layer-to-root correspondence is one to one. Indices past a layer's width (with which Torch-Pruning's
+    pruning fails with ``IndexError``) are dropped. The cost is bounded by the number of (layer, function, index).
+    tests/test_group_search.py compares the groups with Torch-Pruning's on DenseNet, Res2Net and DPN.
     """
     original = tp.DependencyGraph.get_pruning_group
     tp.DependencyGraph.get_pruning_group = get_pruning_group

@@ -109,7 +109,7 @@ def run_one(spec: str, criteria: list[str], size: int) -> None:
     from entropy_importance import prune
     from entropy_importance.counting import tp_macs
     from entropy_importance.models import classifier_layers, create_model
-    from entropy_importance.prune import _batch_size, _forward, _signature, head_layers
+    from entropy_importance.prune import GROUP_TIME_LIMIT, _batch_size, _forward, _signature, head_layers
     from entropy_importance.tp_compat import group_formation_time_limit
 
     warnings.simplefilter("ignore")
@@ -181,13 +181,13 @@ def run_one(spec: str, criteria: list[str], size: int) -> None:
         _emit({"spec": spec, "criterion": criterion, "ok": failure is None, "reason": failure,
                "kept": kept, "seconds": time.perf_counter() - t, "params": params, "input": list(x.shape)})
 
-    # plain Torch-Pruning last, and with the same 60 s limit per group that prune() has: on some models its group
+    # plain Torch-Pruning last, and with the same limit per group that prune() has (60 s): on some models its group
     # search never ends, which would otherwise spend the model's whole time limit before prune() has run
     t = time.perf_counter()
     try:  # plain Torch-Pruning prunes in place, so it gets its own copy; prune() never modifies its input
         plain = copy.deepcopy(model)
         heads = list(head_layers(plain)) or classifier_layers(plain)
-        with group_formation_time_limit(60.0):
+        with group_formation_time_limit(GROUP_TIME_LIMIT):
             pruner = tp.pruner.MetaPruner(plain, x, importance=tp.importance.MagnitudeImportance(),
                                           pruning_ratio=0.5, ignored_layers=heads)
             pruner.step()
