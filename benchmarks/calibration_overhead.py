@@ -19,7 +19,7 @@ import torch.nn.functional as F
 import torch_pruning as tp
 
 from entropy_importance import create_importance
-from entropy_importance.cifar import resnet56
+from recipes.cifar_models import resnet56
 from entropy_importance.data import fashion_mnist, find_fashion_mnist
 from entropy_importance.models import create_model
 

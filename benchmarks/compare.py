@@ -41,8 +41,8 @@ import torch.nn as nn
 from tqdm import tqdm
 
 from entropy_importance import EntropyPruner, create_importance, list_importances
-from entropy_importance.counting import count_params, tp_macs
-from entropy_importance.models import classifier_layers
+from entropy_importance.engine import count_params, tp_macs
+from entropy_importance.engine import classifier_layers
 
 from .cifar_training import (
     Split,

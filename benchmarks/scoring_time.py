@@ -16,7 +16,8 @@ import torch
 import torch_pruning as tp
 
 from entropy_importance import create_importance, get_importance_info, list_importances
-from entropy_importance.models import classifier_layers, create_model
+from entropy_importance.engine import classifier_layers
+from entropy_importance.models import create_model
 
 
 def main(argv=None) -> None:

@@ -1,30 +1,37 @@
-"""Entropy-based filter-pruning criteria as Torch-Pruning ``Importance`` classes."""
+"""Entropy-based filter-pruning criteria as Torch-Pruning ``Importance`` classes, and an engine that prunes any timm
+or torchvision model with them."""
 
 from importlib.metadata import PackageNotFoundError, version
 
-from . import estimators
-from .base import ChannelScoreImportance
+# the criteria first: calibration's data-driven base class builds on them
+from .criteria import (
+    ChannelScoreImportance,
+    ChannelSimilarityEntropyImportance,
+    ChannelView,
+    ConditionalEntropyImportance,
+    FeatureMapEntropyImportance,
+    GAPEntropyImportance,
+    ImportanceInfo,
+    InformationCapacityImportance,
+    channel_view,
+    create_importance,
+    estimators,
+    get_importance_info,
+    list_importances,
+    register_importance,
+)
+
+# isort: split
 from .calibration import (
     CalibrationError,
     DataDrivenImportance,
     NotCalibratedError,
     StaleStatisticsError,
+    requirements,
 )
-from .channel_similarity import ChannelSimilarityEntropyImportance
-from .channels import ChannelView, channel_view
-from .conditional_entropy import ConditionalEntropyImportance
-from .feature_map_entropy import FeatureMapEntropyImportance
-from .gap_entropy import GAPEntropyImportance
-from .information_capacity import InformationCapacityImportance
-from .prune import PruneReport, prune
-from .pruner import EntropyPruner
-from .registry import (
-    ImportanceInfo,
-    create_importance,
-    get_importance_info,
-    list_importances,
-    register_importance,
-)
+from .engine import Engine, EntropyPruner, PruneReport, prune, task_heads
+from .repairs import GroupFormationTimeout, repairs
+from .serialization import load_pruned, pruning_record, save_pruned
 
 try:
     __version__ = version("entropy-importance")
@@ -32,26 +39,11 @@ except PackageNotFoundError:  # running from a source tree that was not installe
     __version__ = "0.0.0+unknown"
 
 __all__ = [
-    "__version__",
-    "estimators",
-    "ChannelScoreImportance",
-    "DataDrivenImportance",
-    "ChannelSimilarityEntropyImportance",
-    "InformationCapacityImportance",
-    "GAPEntropyImportance",
-    "FeatureMapEntropyImportance",
-    "ConditionalEntropyImportance",
-    "EntropyPruner",
-    "prune",
-    "PruneReport",
-    "CalibrationError",
-    "NotCalibratedError",
-    "StaleStatisticsError",
-    "ChannelView",
-    "channel_view",
-    "ImportanceInfo",
-    "create_importance",
-    "get_importance_info",
-    "list_importances",
+    "__version__", "estimators", "ChannelScoreImportance", "DataDrivenImportance",
+    "ChannelSimilarityEntropyImportance", "InformationCapacityImportance", "GAPEntropyImportance",
+    "FeatureMapEntropyImportance", "ConditionalEntropyImportance", "EntropyPruner", "Engine", "prune",
+    "PruneReport", "task_heads", "repairs", "GroupFormationTimeout", "save_pruned", "load_pruned", "pruning_record",
+    "requirements", "CalibrationError", "NotCalibratedError", "StaleStatisticsError", "ChannelView",
+    "channel_view", "ImportanceInfo", "create_importance", "get_importance_info", "list_importances",
     "register_importance",
 ]

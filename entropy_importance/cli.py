@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import os
 import sys
@@ -13,16 +14,14 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import torch
-import torch_pruning as tp
 from tqdm import tqdm
 
 from . import __version__
-from .counting import count_macs, count_params, stage_widths
+from .criteria.registry import get_importance_info, list_importances
 from .data import fashion_mnist, find_fashion_mnist
-from .models import attention_num_heads, classifier_layers, create_model, sync_attention_heads
-from .pruner import refresh_importance
-from .registry import create_importance, get_importance_info, list_importances
-from .serialization import PrunedModelRecord, _rebuild, atomic_write, load_record, save_pruned
+from .engine import count_macs, count_params, prune, stage_widths
+from .models import create_model
+from .serialization import atomic_write, load_pruned, pruning_record, save_pruned
 
 DEFAULT_MODEL = "timm:resnet18"
 DEFAULT_CRITERION = "channel-similarity-entropy"
@@ -42,11 +41,15 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--criterion", default=DEFAULT_CRITERION,
                    help=f"registry name (default {DEFAULT_CRITERION}); --list-criteria shows them")
     p.add_argument("--ratio", type=float, default=0.5, help="channel pruning ratio in [0, 1) (default 0.5)")
+    p.add_argument("--speed-up", type=float, default=None,
+                   help="instead of --ratio: reach this MAC speed-up (Torch-Pruning's counter), e.g. 2")
     p.add_argument("--global-pruning", action="store_true", help="rank channels across layers")
     p.add_argument("--round-to", type=int, default=None, help="keep channel counts multiples of N")
     p.add_argument("--input-size", type=int, nargs=3, metavar=("C", "H", "W"), default=None,
                    help="example input size (default: the model's own, else 3 224 224)")
     p.add_argument("--num-classes", type=int, default=None, help="classifier width for a new model")
+    p.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE",
+                   help="constructor argument of a new model (repeatable), e.g. --model-arg window_size=4")
     p.add_argument("--checkpoint", default=None, help="state_dict to load into the model before pruning")
     p.add_argument("--data", choices=["fashion-mnist"], default=None,
                    help="calibration images for data-driven criteria (local Fashion-MNIST, resized to the input size)")
@@ -73,6 +76,13 @@ def _check_writable(path: str | None, what: str) -> None:
 def _validate(args: argparse.Namespace) -> None:
     if not 0.0 <= args.ratio < 1.0:
         raise CLIError(f"--ratio must be in [0, 1), got {args.ratio}")
+    if args.speed_up is not None and not args.speed_up > 1:
+        raise CLIError(f"--speed-up must be > 1 (MACs before / after), got {args.speed_up}")
+    if args.input_size is not None and min(args.input_size) < 1:
+        raise CLIError(f"--input-size must be three positive integers, got {args.input_size}")
+    if args.num_classes is not None and args.num_classes < 1:
+        raise CLIError(f"--num-classes must be a positive integer, got {args.num_classes}")
+    _model_kwargs(args)
     if args.round_to is not None and args.round_to < 1:
         raise CLIError(f"--round-to must be a positive integer, got {args.round_to}")
     try:
@@ -81,6 +91,8 @@ def _validate(args: argparse.Namespace) -> None:
         raise CLIError(str(e.args[0])) from None
     if info.needs_data and args.data is None:
         raise CLIError(f"criterion {args.criterion!r} needs calibration images: add --data fashion-mnist")
+    if args.data is not None and not info.needs_data:
+        raise CLIError(f"criterion {args.criterion!r} is data-free: --data would not be used; drop it")
     if args.calibration_batches < 1:
         raise CLIError(f"--calibration-batches must be >= 1, got {args.calibration_batches}")
     if args.data == "fashion-mnist" and find_fashion_mnist() is None:
@@ -101,23 +113,41 @@ def _calibration_batches(args: argparse.Namespace, input_size: tuple[int, int, i
     return list(zip(images.split(32), labels.split(32), strict=True))
 
 
+def _model_kwargs(args: argparse.Namespace) -> dict:
+    kwargs = {}
+    for item in args.model_arg:
+        key, sep, value = item.partition("=")
+        if not sep or not key.isidentifier():
+            raise CLIError(f"--model-arg {item!r}: expected KEY=VALUE")
+        try:
+            kwargs[key] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            kwargs[key] = value
+    return kwargs
+
+
 def _load_model(args: argparse.Namespace):
-    """(model, record of what it was built from, whether weights are random)."""
+    """(model, input size, whether weights are random)."""
     if Path(args.model).is_file():
         try:
-            payload = load_record(args.model)
-        except Exception as e:  # noqa: BLE001 - any unreadable file is the same user error
-            raise CLIError(f"{args.model}: cannot read a saved pruned model ({e})") from None
-        model, record = _rebuild(payload)
-        return model, record, bool(record.meta.get("random_weights", True))
+            model = load_pruned(args.model)
+        except ValueError as e:
+            raise CLIError(str(e)) from None
+        meta = torch.load(args.model, map_location="cpu", weights_only=True).get("meta", {})
+        shape = pruning_record(model).inputs.get("shape", [1, 3, 224, 224])
+        return model, tuple(args.input_size or shape[1:]), bool(meta.get("random_weights", True))
     if ":" not in args.model:
         raise CLIError(f"model {args.model!r} is neither a file nor 'timm:NAME' / 'torchvision:NAME'")
+    kwargs = _model_kwargs(args)
     try:
-        model = create_model(args.model, num_classes=args.num_classes)
-    except ValueError as e:
-        raise CLIError(str(e)) from None
-    size = args.input_size or _default_input_size(model)
-    return model, PrunedModelRecord(args.model, tuple(size), args.num_classes), True
+        model = create_model(args.model, num_classes=args.num_classes, **kwargs)
+        native = _default_input_size(model)
+        if args.input_size and tuple(args.input_size) != native and args.model.startswith("timm:") \
+                and (getattr(model, "pretrained_cfg", None) or {}).get("fixed_input_size") and "img_size" not in kwargs:
+            model = create_model(args.model, num_classes=args.num_classes, img_size=args.input_size[1], **kwargs)
+    except (ValueError, TypeError) as e:
+        raise CLIError(str(e).splitlines()[0]) from None
+    return model, tuple(args.input_size or _default_input_size(model)), True
 
 
 def _default_input_size(model) -> tuple[int, int, int]:
@@ -130,10 +160,13 @@ def _load_checkpoint(model, path: str) -> None:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001
-        raise CLIError(f"--checkpoint {path}: cannot read ({e})") from None
+        raise CLIError(f"--checkpoint {path}: cannot read ({str(e).splitlines()[0] if str(e) else type(e).__name__})") \
+            from None
     for key in ("state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
+    if not isinstance(state, dict):
+        raise CLIError(f"--checkpoint {path}: not a state dict")
     try:
         model.load_state_dict(state)
     except RuntimeError as e:
@@ -151,10 +184,7 @@ def _stage(bar: tqdm, timings: dict[str, float], key: str, label: str) -> Iterat
 
 
 def _summary(model, x: torch.Tensor) -> dict:
-    with torch.no_grad():
-        shape = list(model(x).shape)
-    return {"params": count_params(model), "macs": count_macs(model, x), "widths": stage_widths(model, x),
-            "output_shape": shape}
+    return {"params": count_params(model), "macs": count_macs(model, x), "widths": stage_widths(model, x)}
 
 
 def _fmt(n: float, unit: str = "") -> str:
@@ -167,53 +197,41 @@ def _fmt(n: float, unit: str = "") -> str:
 def run(args: argparse.Namespace) -> dict:
     _validate(args)
     t0 = time.perf_counter()
-    model, record, random_weights = _load_model(args)
+    model, input_size, random_weights = _load_model(args)
     if args.checkpoint:
         _load_checkpoint(model, args.checkpoint)
         random_weights = False
-    if args.input_size:
-        record.input_size = tuple(args.input_size)
     model.eval()
-    x = torch.randn(1, *record.input_size)
-    importance = create_importance(args.criterion)
+    x = torch.randn(1, *input_size)
     needs_data = get_importance_info(args.criterion).needs_data
+    data = _calibration_batches(args, input_size) if needs_data else None
     timings: dict[str, float] = {}
-    with tqdm(total=4, desc="entropy-prune", unit="stage", file=sys.stderr, disable=None) as bar:
+    with tqdm(total=3, desc="entropy-prune", unit="stage", file=sys.stderr, disable=None) as bar:
         with _stage(bar, timings, "count_before_s", "counting (before)"):
             before = _summary(model, x)
-
-        with _stage(bar, timings, "graph_s", "building dependency graph"), warnings.catch_warnings():
+        with _stage(bar, timings, "prune_s", "pruning"), warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            pruner = tp.pruner.MetaPruner(
-                model, x, importance=importance, pruning_ratio=args.ratio, global_pruning=args.global_pruning,
-                round_to=args.round_to, ignored_layers=classifier_layers(model),
-                num_heads=attention_num_heads(model),
-            )
-
-        with _stage(bar, timings, "score_and_prune_s", "scoring and pruning"):
-            if needs_data:  # our statistics, or Torch-Pruning's gradients / activation statistics
-                refresh_importance(importance, model, _calibration_batches(args, record.input_size))
-            pruner.step()
-            sync_attention_heads(model)
-
+            try:
+                pruned, result = prune(model, x, args.criterion, ratio=args.ratio, speed_up=args.speed_up,
+                                       global_pruning=args.global_pruning, round_to=args.round_to,
+                                       calibration_data=data)
+            except (ValueError, TypeError) as e:
+                raise CLIError(str(e).splitlines()[0]) from None
         with _stage(bar, timings, "count_after_s", "counting (after)"):
-            after = _summary(model, x)
-    if after["output_shape"] != before["output_shape"]:
-        raise RuntimeError(f"output shape changed from {before['output_shape']} to {after['output_shape']}")
-
-    record.pruning_history = list(record.pruning_history) + [list(h) for h in pruner.pruning_history()]
-    record.meta = {
-        **record.meta, "random_weights": random_weights, "criterion": args.criterion, "ratio": args.ratio,
-        "global_pruning": args.global_pruning, "entropy_importance": __version__,
-    }
+            after = _summary(pruned, x)
+    meta = {"random_weights": random_weights, "criterion": args.criterion, "ratio": result.ratio,
+            "speed_up_target": args.speed_up, "global_pruning": args.global_pruning,
+            "entropy_importance": __version__}
     if args.out:
-        save_pruned(args.out, model, record)
+        save_pruned(args.out, pruned, meta)
     timings["total_s"] = time.perf_counter() - t0
+    record = pruning_record(pruned)
     report = {
-        "model": args.model, "base_spec": record.spec, "criterion": args.criterion, "ratio": args.ratio,
-        "global_pruning": args.global_pruning, "round_to": args.round_to, "input_size": list(record.input_size),
-        "random_weights": random_weights, "data": args.data, "before": before, "after": after, "timings": timings,
-        "out": args.out,
+        "model": args.model, "base_spec": record.base.spec if record.base else None, "criterion": args.criterion,
+        "ratio": result.ratio, "speed_up_target": args.speed_up, "speed_up": result.speed_up,
+        "global_pruning": args.global_pruning, "round_to": args.round_to, "input_size": list(input_size),
+        "random_weights": random_weights, "data": args.data if needs_data else None, "before": before,
+        "after": after, "kept_unpruned": result.kept_unpruned, "timings": timings, "out": args.out,
     }
     if args.json:
         atomic_write(args.json, lambda f: f.write(json.dumps(report, indent=2).encode()))
@@ -224,8 +242,9 @@ def _print_report(r: dict) -> None:
     b, a = r["before"], r["after"]
     scope = "global" if r["global_pruning"] else "local"
     data = f" | calibrated on {r['data']}" if r["data"] else ""
+    target = f" (speed-up target {r['speed_up_target']})" if r["speed_up_target"] else ""
     print(f"entropy-importance {__version__}: {r['model']} | criterion {r['criterion']} | "
-          f"ratio {r['ratio']} ({scope}) | input {'x'.join(map(str, r['input_size']))}{data}")
+          f"ratio {r['ratio']:.3f}{target} ({scope}) | input {'x'.join(map(str, r['input_size']))}{data}")
     if r["random_weights"]:
         print("note: weights are random (no pretrained weights are downloaded); pass --checkpoint FILE to "
               "prune trained weights")
@@ -242,8 +261,10 @@ def _print_report(r: dict) -> None:
     for name, w0 in b["widths"].items():
         print(f"  {name:24s}{w0:>6d} -> {a['widths'].get(name, w0)}")
     t = r["timings"]
-    print(f"wall time {t['total_s']:.2f} s (graph {t['graph_s']:.2f} s, calibration+scoring+pruning "
-          f"{t['score_and_prune_s']:.2f} s, counting {t['count_before_s'] + t['count_after_s']:.2f} s)")
+    for name, reason in r["kept_unpruned"].items():
+        print(f"kept unpruned: {name}: {reason}")
+    print(f"wall time {t['total_s']:.2f} s (pruning {t['prune_s']:.2f} s, counting "
+          f"{t['count_before_s'] + t['count_after_s']:.2f} s)")
     if r["out"]:
         print(f"saved pruned model to {r['out']} (load: entropy_importance.load_pruned({r['out']!r}))")
 
@@ -261,6 +282,9 @@ def main(argv: list[str] | None = None) -> int:
     except CLIError as e:
         print(f"entropy-prune: error: {e}", file=sys.stderr)
         return 2
+    except RuntimeError as e:  # the model could not be pruned as asked
+        print(f"entropy-prune: error: {str(e).splitlines()[0]}", file=sys.stderr)
+        return 1
     _print_report(report)
     return 0
 

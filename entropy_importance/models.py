@@ -1,18 +1,35 @@
-"""Building models by name and the per-model configuration Torch-Pruning needs (heads, classifiers)."""
+"""Building timm and torchvision models by name, and knowing afterwards what a model was built from."""
 
 from __future__ import annotations
 
-import weakref
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch.nn as nn
 
-__all__ = ["create_model", "classifier_layers", "attention_num_heads", "sync_attention_heads"]
+__all__ = ["BuildSpec", "create_model", "build_spec"]
+
+_ATTRIBUTE = "_entropy_importance_build"  # set on models built by create_model (survives deepcopy)
+_DETECTORS = ("ssd", "fasterrcnn", "retinanet", "fcos", "maskrcnn", "keypointrcnn")
+
+
+@dataclass
+class BuildSpec:
+    """How to build a model again: ``create_model(spec, num_classes, **model_kwargs)``."""
+
+    spec: str
+    num_classes: int | None = None
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def build(self) -> nn.Module:
+        return create_model(self.spec, num_classes=self.num_classes, **self.model_kwargs)
 
 
 def create_model(spec: str, num_classes: int | None = None, **model_kwargs) -> nn.Module:
     """Build ``timm:NAME`` or ``torchvision:NAME`` with random weights (nothing is downloaded).
 
-    ``model_kwargs`` go to the model's constructor (e.g. ``img_size=64`` for a timm ViT).
+    ``model_kwargs`` go to the model's constructor (e.g. ``img_size=64`` for a timm ViT). The model remembers what
+    it was built from (:func:`build_spec`), so that a pruned copy can be saved and rebuilt by name.
 
     Raises:
         ValueError: unknown source or model name.
@@ -24,89 +41,31 @@ def create_model(spec: str, num_classes: int | None = None, **model_kwargs) -> n
 
         if name not in timm.list_models():
             raise ValueError(f"unknown timm model {name!r}; see timm.list_models()")
-        return timm.create_model(name, pretrained=False, **kwargs)
-    if source == "torchvision":
+        model = timm.create_model(name, pretrained=False, **kwargs)
+    elif source == "torchvision":
         import torchvision
 
         try:
             builder = torchvision.models.get_model_builder(name)
         except ValueError:
             raise ValueError(f"unknown torchvision model {name!r}; see torchvision.models.list_models()") from None
-        if name.startswith(("ssd", "fasterrcnn", "retinanet", "fcos", "maskrcnn", "keypointrcnn")):
+        if name.startswith(_DETECTORS):
             kwargs.setdefault("weights_backbone", None)
-        return builder(weights=None, **kwargs)
-    raise ValueError(f"model spec must look like 'timm:NAME' or 'torchvision:NAME' or be a file, got {spec!r}")
+        model = builder(weights=None, **kwargs)
+    else:
+        raise ValueError(f"model spec must look like 'timm:NAME' or 'torchvision:NAME' or be a file, got {spec!r}")
+    object.__setattr__(model, _ATTRIBUTE, BuildSpec(spec, num_classes, dict(model_kwargs)))
+    return model
 
 
-def classifier_layers(model: nn.Module, last_only: bool = False) -> list[nn.Module]:
-    """The layers whose output width is fixed by the task: timm's ``get_classifier()``, else torchvision's
-    ``fc`` / ``classifier`` / ``head`` / ``heads``, else the last ``nn.Linear``. With ``last_only``, only the last
-    conv / linear layer inside that head (VGG's ``classifier[-1]``: the hidden layers of a multi-layer classifier
-    are then pruned, as in the VGG recipes of the papers)."""
-    heads = _classifier_modules(model)
-    if not last_only:
-        return heads
-    layers = [m for head in heads for m in head.modules() if isinstance(m, (nn.Linear, nn.modules.conv._ConvNd))]
-    return layers[-1:] or heads
-
-
-def _classifier_modules(model: nn.Module) -> list[nn.Module]:
-    get_classifier = getattr(model, "get_classifier", None)
-    if callable(get_classifier):
-        head = get_classifier()
-        if isinstance(head, nn.Module) and any(True for _ in head.parameters()):
-            return [head]
-    for attr in ("fc", "classifier", "head", "heads"):
-        head = getattr(model, attr, None)
-        if isinstance(head, nn.Module):
-            return [head]
-    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
-    return linears[-1:]
-
-
-_FUSED_QKV: weakref.WeakSet = weakref.WeakSet()  # attention modules seen with a fused (q, k, v) projection
-
-
-def _attention_modules(model: nn.Module):
-    for module in model.modules():
-        qkv = getattr(module, "qkv", None)
-        if isinstance(qkv, nn.Linear) and isinstance(getattr(module, "num_heads", None), int):
-            yield module, qkv
-
-
-def _is_fused_qkv(module: nn.Module, qkv: nn.Linear) -> bool:
-    """``qkv`` produces q, k and v for every head: ``3 * num_heads * head_dim`` outputs. Not so for GCViT's global
-    attention, whose ``qkv`` produces only k and v (``2 * dim``)."""
-    head_dim = getattr(module, "head_dim", None)
-    per_head = 3 * module.num_heads
-    if isinstance(head_dim, int):
-        return qkv.out_features == per_head * head_dim
-    return qkv.out_features % per_head == 0
-
-
-def attention_num_heads(model: nn.Module) -> dict[nn.Module, int]:
-    """``{qkv_linear: num_heads}`` for every fused-qkv attention block (timm ViT/DeiT/EVA style), the
-    ``num_heads=`` argument of Torch-Pruning's pruners. Call it before pruning: the blocks it finds are the ones
-    :func:`sync_attention_heads` keeps consistent afterwards."""
-    heads = {}
-    for module, qkv in _attention_modules(model):
-        if _is_fused_qkv(module, qkv):
-            _FUSED_QKV.add(module)
-            heads[qkv] = module.num_heads
-    return heads
-
-
-def sync_attention_heads(model: nn.Module) -> None:
-    """After pruning head dimensions, make ``head_dim`` / ``attn_dim`` agree with the pruned ``qkv`` width, in
-    the fused-qkv blocks that :func:`attention_num_heads` found before pruning.
-
-    ``scale`` is left as trained (the unfused path keeps the original softmax temperature).
-    """
-    for module, qkv in _attention_modules(model):
-        if module not in _FUSED_QKV:
-            continue
-        head_dim = qkv.out_features // (3 * module.num_heads)
-        if hasattr(module, "head_dim"):
-            module.head_dim = head_dim
-        if hasattr(module, "attn_dim"):
-            module.attn_dim = head_dim * module.num_heads
+def build_spec(model: nn.Module) -> BuildSpec | None:
+    """What ``model`` was built from: recorded by :func:`create_model`, else, for a timm model, its architecture
+    name and class count (other constructor arguments, such as ``img_size``, cannot be read back and are checked
+    when the model is rebuilt); None when unknown (a model of your own: pass it as ``base_model`` when loading)."""
+    found = getattr(model, _ATTRIBUTE, None)
+    if isinstance(found, BuildSpec):
+        return found
+    cfg = getattr(model, "pretrained_cfg", None)
+    if isinstance(cfg, dict) and cfg.get("architecture") and isinstance(getattr(model, "num_classes", None), int):
+        return BuildSpec(f"timm:{cfg['architecture']}", model.num_classes)
+    return None

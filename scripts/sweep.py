@@ -107,8 +107,9 @@ def run_one(spec: str, criteria: list[str], size: int) -> None:
     import torch_pruning as tp
 
     from entropy_importance import prune
-    from entropy_importance.counting import tp_macs
-    from entropy_importance.models import classifier_layers, create_model
+    from entropy_importance.engine import tp_macs
+    from entropy_importance.engine import classifier_layers
+from entropy_importance.models import create_model
     from entropy_importance.prune import GROUP_TIME_LIMIT, _batch_size, _forward, _signature, head_layers
     from entropy_importance.tp_compat import group_formation_time_limit
 
@@ -157,11 +158,11 @@ def run_one(spec: str, criteria: list[str], size: int) -> None:
 
     model, x = build()
     params = sum(p.numel() for p in model.parameters())
-    reference = _signature(_forward(model, x), _batch_size(x))
+    reference = output_signature(forward(model, x), batch_size(x))
     base_macs = tp_macs(model, x)
 
     def check(pruned) -> str | None:
-        if _signature(_forward(pruned, x), _batch_size(x)) != reference:
+        if output_signature(forward(pruned, x), batch_size(x)) != reference:
             return "output structure changed"
         macs = tp_macs(pruned, x)
         if base_macs is not None and macs is not None and macs >= base_macs:

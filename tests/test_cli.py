@@ -10,9 +10,9 @@ import torch
 import torch_pruning as tp
 
 from entropy_importance import create_importance
-from entropy_importance.counting import count_params
+from entropy_importance.engine import count_params
 from entropy_importance.data import find_fashion_mnist
-from entropy_importance.models import attention_num_heads, classifier_layers, sync_attention_heads
+from entropy_importance.engine import attention_num_heads, classifier_layers, sync_attention_heads
 from entropy_importance.serialization import PrunedModelRecord, load_pruned, save_pruned
 
 CLI = [sys.executable, "-m", "entropy_importance.cli"]

@@ -6,7 +6,8 @@ import math
 import pytest
 import torch.nn as nn
 
-from benchmarks import cifar_training, compare
+from benchmarks import compare
+from recipes import training as cifar_training
 from benchmarks.compare_report import BEGIN, END, ablation_decisions, binomial_se_diff, verdicts, write_report
 from entropy_importance.data import find_fashion_mnist
 

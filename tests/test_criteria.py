@@ -64,7 +64,7 @@ def test_fec_kernel_matches_direct_formula():
 
 def test_fec_kernel_on_wide_layers_tracks_the_exact_estimate():
     """Filters with 2048 channels use 256 order statistics: compare with the exact O(C^2) numpy estimate."""
-    from entropy_importance.channel_similarity import _kernel_entropy
+    from entropy_importance.criteria.channel_similarity import _kernel_entropy
 
     g = np.random.default_rng(0)
     scale = np.exp(g.normal(0, 0.6, size=(40, 1)))          # filters of different spread

@@ -7,9 +7,9 @@ import timm
 import torch
 
 from entropy_importance import list_importances, prune
-from entropy_importance.counting import tp_macs
+from entropy_importance.engine import tp_macs
 from entropy_importance.models import create_model
-from entropy_importance.prune import _batch_size, _forward, _signature
+from entropy_importance.engine import batch_size, forward, output_signature
 
 CRITERIA = list_importances(source="entropy-importance")
 
@@ -74,11 +74,11 @@ CASES = [(spec, size, c) for spec, size in FAST_MODELS for c in CRITERIA]
 @pytest.mark.parametrize("spec, size, criterion", CASES, ids=[f"{spec}-{c}" for spec, _, c in CASES])
 def test_prune_model(spec, size, criterion):
     model, x = _build(spec, size)
-    reference = _signature(_forward(model, x), _batch_size(x))
+    reference = output_signature(forward(model, x), batch_size(x))
     g = torch.Generator().manual_seed(0)
     data = [(torch.randn(2, 3, size, size, generator=g), torch.randint(0, 10, (2,), generator=g)) for _ in range(2)]
     pruned, report = prune(model, x, criterion, ratio=0.5, calibration_data=data)
-    assert _signature(_forward(pruned, x), _batch_size(x)) == reference
+    assert output_signature(forward(pruned, x), batch_size(x)) == reference
     assert report.params_after < report.params_before
     macs = tp_macs(pruned, x)
     assert macs is None or report.macs_before is None or macs < report.macs_before

@@ -7,7 +7,7 @@ import torch
 import torch.nn as nn
 
 from entropy_importance import PruneReport, create_importance, prune
-from entropy_importance.cifar import resnet56
+from recipes.cifar_models import resnet56
 
 
 class FixedWidthReshape(nn.Module):
@@ -53,15 +53,36 @@ def test_breaking_group_is_kept_and_the_rest_pruned():
     assert report.params_after < report.params_before and report.rounds == 2
 
 
-def test_speed_up_target_is_reached_progressively():
+def test_speed_up_target_is_reached_by_a_one_shot_ratio_search():
+    from entropy_importance.engine import tp_macs
+
     model = resnet56(10).eval()
     x = torch.randn(1, 3, 32, 32)
-    pruned, report = prune(model, x, "information-capacity", speed_up=2.0, global_pruning=True, max_steps=100)
+    pruned, report = prune(model, x, "information-capacity", speed_up=2.0, global_pruning=True)
     assert isinstance(report, PruneReport)
-    assert 2.0 <= report.speed_up < 2.3
-    assert report.steps > 1
+    assert 2.0 <= report.speed_up <= 2.0 * 1.05 and report.steps == 1
+    # oracle: a one-shot prune at the ratio found gives the same network, and MACs counted independently agree
+    again, _ = prune(model, x, "information-capacity", ratio=report.ratio, global_pruning=True)
+    assert tp_macs(again, x) == tp_macs(pruned, x) == report.macs_after
     assert pruned(x).shape == (1, 10)
     assert model.conv1.out_channels == 16  # caller's model untouched
+
+
+def test_speed_up_target_is_reached_progressively_with_a_step_size():
+    model = resnet56(10).eval()
+    x = torch.randn(1, 3, 32, 32)
+    pruned, report = prune(model, x, "information-capacity", speed_up=2.0, schedule="progressive", step_ratio=0.02)
+    # local pruning removes 2 % of every group's channels per step; ratio 0.25 (12-13 steps) halves conv MACs:
+    # by hand, (1 - r)^2 = 1/2 at r = 0.29, so 2x needs 14-16 steps of 0.02 (the stem and classifier stay)
+    assert 2.0 <= report.speed_up < 2.3 and 12 <= report.steps <= 18
+    assert pruned(x).shape == (1, 10)
+
+
+def test_speed_up_that_cannot_be_reached_is_a_clear_error():
+    model = resnet56(10).eval()
+    with pytest.raises(RuntimeError, match="not reached within 3 steps"):
+        prune(model, torch.randn(1, 3, 32, 32), "information-capacity", speed_up=2.0, schedule="progressive",
+              step_ratio=0.02, max_steps=3)
 
 
 def test_data_driven_criterion_is_calibrated_on_the_model_being_pruned():
@@ -69,9 +90,10 @@ def test_data_driven_criterion_is_calibrated_on_the_model_being_pruned():
     g = torch.Generator().manual_seed(0)
     data = [(torch.randn(8, 3, 32, 32, generator=g), torch.randint(0, 10, (8,), generator=g)) for _ in range(2)]
     imp = create_importance("conditional-entropy")
-    pruned, report = prune(model, torch.randn(1, 3, 32, 32), imp, speed_up=1.5, calibration_data=data, max_steps=60)
-    assert report.speed_up >= 1.5
-    assert imp.calibrated
+    pruned, report = prune(model, torch.randn(1, 3, 32, 32), imp, speed_up=1.5, calibration_data=data,
+                           schedule="progressive", step_ratio=0.05)
+    assert report.speed_up >= 1.5 and report.steps > 1
+    assert not imp.calibrated  # the caller's instance is left as it was: the engine works on a copy
 
 
 @pytest.mark.parametrize(
@@ -132,15 +154,14 @@ class CrossStage(nn.Module):
 def test_split_and_concat_widths_are_exact():
     import torch_pruning as tp
 
-    from entropy_importance.tp_compat import exact_widths, record_concat_widths
+    from entropy_importance import repairs
 
     model, x = CrossStage().eval(), torch.randn(2, 3, 8, 8)
     with pytest.raises(TypeError, match="NoneType"):  # the Torch-Pruning failure this works around
         tp.DependencyGraph().build_dependency(copy.deepcopy(model), x)
     work = copy.deepcopy(model)
-    with exact_widths():
-        with record_concat_widths():
-            graph = tp.DependencyGraph().build_dependency(work, x)
+    with repairs():
+        graph = tp.DependencyGraph().build_dependency(work, x)
         # expand filters 0, 1 (shortcut half) and 17, 31 (residual half, block channels 1 and 15)
         graph.get_pruning_group(work.expand, tp.prune_conv_out_channels, idxs=[0, 1, 17, 31]).prune()
     # hand-derived oracle: the concat is [residual, shortcut], so the transition loses columns 1, 15 (residual
@@ -152,15 +173,27 @@ def test_split_and_concat_widths_are_exact():
     assert work(x).shape == (2, 5)
 
 
-def test_prune_restores_torch_pruning_after_the_call():
-    from torch_pruning.dependency import index_mapping, shape_infer
+def _torch_pruning_functions():
+    from entropy_importance.repairs import REPAIRED
 
-    before = (index_mapping.update_concat_index_mapping, index_mapping.update_split_index_mapping,
-              shape_infer.init_shape_information)
+    return [vars(owner)[name] for owner, name, _ in REPAIRED]
+
+
+def test_prune_restores_torch_pruning_after_the_call():
+    before = _torch_pruning_functions()
     pruned, report = prune(CrossStage().eval(), torch.randn(2, 3, 8, 8), "information-capacity", ratio=0.5)
-    assert (index_mapping.update_concat_index_mapping, index_mapping.update_split_index_mapping,
-            shape_infer.init_shape_information) == before
+    assert _torch_pruning_functions() == before
     assert report.params_after < report.params_before and pruned(torch.randn(1, 3, 8, 8)).shape == (1, 5)
+
+
+def test_torch_pruning_is_restored_after_an_exception_inside_repairs():
+    from entropy_importance import repairs
+
+    before = _torch_pruning_functions()
+    with pytest.raises(KeyError), repairs():
+        assert _torch_pruning_functions() != before
+        raise KeyError("boom")
+    assert _torch_pruning_functions() == before
 
 
 class RepeatedBlocks(nn.Module):
@@ -182,17 +215,19 @@ class RepeatedBlocks(nn.Module):
 
 def _failing_on(monkeypatch, layer_index: int, failure):
     """Make Torch-Pruning fail (``failure(module)``) when it forms the group rooted at ``blocks.1.<layer_index>``
-    (in the group search that prune() installs, :func:`entropy_importance.tp_compat.get_pruning_group`)."""
-    from entropy_importance import tp_compat
+    (in the group search of the repairs, :func:`entropy_importance.repairs.get_pruning_group`)."""
+    from entropy_importance.repairs import patching
 
-    original = tp_compat.get_pruning_group
+    def failing_search(repair):
+        def get_pruning_group(original, self, module, pruning_fn, idxs):
+            if getattr(module, "_fail_here", False):
+                failure(module)
+            return repair(original, self, module, pruning_fn, idxs)
+        return get_pruning_group
 
-    def get_pruning_group(self, module, pruning_fn, idxs):
-        if getattr(module, "_fail_here", False):
-            failure(module)
-        return original(self, module, pruning_fn, idxs)
-
-    monkeypatch.setattr(tp_compat, "get_pruning_group", get_pruning_group)
+    monkeypatch.setattr(patching, "REPAIRED", tuple(
+        (owner, name, failing_search(repair) if name == "get_pruning_group" else repair)
+        for owner, name, repair in patching.REPAIRED))
     model = RepeatedBlocks().eval()
     model.blocks[1][layer_index]._fail_here = True
     return model
@@ -219,7 +254,18 @@ def test_group_torch_pruning_cannot_form_is_kept_with_its_copies_in_repeated_blo
 def test_group_that_takes_too_long_to_form_is_kept(monkeypatch):
     import time
 
-    model = _failing_on(monkeypatch, 0, lambda module: time.sleep(3))
+    from entropy_importance.repairs import group_search
+
+    bound = group_search._ChannelBound.__call__
+
+    def slow_bound(self, node, fn):  # slow only in the group of blocks.1.0's hidden units: blocks.1.2's inputs
+        if getattr(node.module, "_slow_inputs", False) and "in_channels" in fn.__name__:
+            time.sleep(0.7)
+        return bound(self, node, fn)
+
+    monkeypatch.setattr(group_search._ChannelBound, "__call__", slow_bound)
+    model = RepeatedBlocks().eval()
+    model.blocks[1][2]._slow_inputs = True
     pruned, report = prune(model, torch.randn(2, 8), "information-capacity", ratio=0.5, group_time_limit=0.5)
     assert "GroupFormationTimeout" in report.kept_unpruned["blocks.1.0"]
     assert [b[0].out_features for b in pruned.blocks] == [32, 32, 32] and report.rounds == 2
@@ -301,8 +347,8 @@ def test_per_channel_parameters_of_a_conv_subclass_are_pruned_with_its_weight():
 
 
 def test_classifier_layers_last_only_leaves_a_multi_layer_head_prunable():
-    from entropy_importance.cifar import vgg16_bn
-    from entropy_importance.models import classifier_layers
+    from recipes.cifar_models import vgg16_bn
+    from entropy_importance.engine import classifier_layers
 
     vgg, res = vgg16_bn(10), resnet56(10)
     assert classifier_layers(vgg) == [vgg.classifier] and classifier_layers(vgg, last_only=True) == [vgg.classifier[3]]
@@ -310,7 +356,7 @@ def test_classifier_layers_last_only_leaves_a_multi_layer_head_prunable():
 
 
 def test_only_fused_qkv_attention_gets_heads_and_a_synced_head_dim():
-    from entropy_importance.models import attention_num_heads, sync_attention_heads
+    from entropy_importance.engine import attention_num_heads, sync_attention_heads
 
     class Attention(nn.Module):
         def __init__(self, outputs_per_head: int):  # 3: q, k, v (ViT); 2: k, v only (GCViT's global attention)

@@ -7,7 +7,8 @@ from torch.utils.data import DataLoader
 
 from entropy_importance import EntropyPruner, create_importance, list_importances
 from entropy_importance.data import fashion_mnist, find_fashion_mnist
-from entropy_importance.models import classifier_layers, create_model
+from entropy_importance.engine import classifier_layers
+from entropy_importance.models import create_model
 
 pytestmark = pytest.mark.skipif(
     find_fashion_mnist() is None, reason="Fashion-MNIST files absent (apt-get install dataset-fashion-mnist)"

@@ -7,7 +7,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from entropy_importance import ConditionalEntropyImportance, EntropyPruner, create_importance
-from entropy_importance.pruner import refresh_importance
+from entropy_importance.calibration import refresh_importance
 
 
 def small_net():

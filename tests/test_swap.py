@@ -6,7 +6,8 @@ import torch
 import torch_pruning as tp
 
 from entropy_importance import EntropyPruner, create_importance, get_importance_info, list_importances
-from entropy_importance.models import attention_num_heads, classifier_layers, create_model, sync_attention_heads
+from entropy_importance.engine import attention_num_heads, classifier_layers, sync_attention_heads
+from entropy_importance.models import create_model
 
 CRITERIA = list_importances(source="entropy-importance")
 MODELS = [

@@ -25,6 +25,8 @@ __all__ = [
     "EDGE_MODES",
     "bin_edges",
     "bin_index",
+    "bin_scaled",
+    "count_rows",
     "histogram_counts",
     "joint_class_counts",
     "entropy_from_counts",
@@ -82,7 +84,7 @@ def bin_edges(x: Tensor, edges: EdgeMode = "channel", quantile: float = 0.005) -
     raise ValueError(f"unknown edges {edges!r}; choose one of {EDGE_MODES}")
 
 
-def _bin_scaled(x: Tensor, lo: Tensor, hi: Tensor, bins: int) -> Tensor:
+def bin_scaled(x: Tensor, lo: Tensor, hi: Tensor, bins: int) -> Tensor:
     """``(x - lo) * bins / (hi - lo)`` clamped to ``[0, bins - 1]`` (float); its integer part is the bin."""
     lo = torch.as_tensor(lo, dtype=torch.float32, device=x.device).reshape(-1, 1)
     hi = torch.as_tensor(hi, dtype=torch.float32, device=x.device).reshape(-1, 1)
@@ -92,7 +94,7 @@ def _bin_scaled(x: Tensor, lo: Tensor, hi: Tensor, bins: int) -> Tensor:
 
 
 def _bin_index_float(x: Tensor, lo: Tensor, hi: Tensor, bins: int) -> Tensor:
-    return _bin_scaled(x, lo, hi, bins).floor_()
+    return bin_scaled(x, lo, hi, bins).floor_()
 
 
 def bin_index(x: Tensor, lo: Tensor, hi: Tensor, bins: int) -> Tensor:
@@ -105,7 +107,7 @@ def bin_index(x: Tensor, lo: Tensor, hi: Tensor, bins: int) -> Tensor:
     return _bin_index_float(x.detach().float(), lo, hi, bins).long()
 
 
-def _count_rows(cell: Tensor, cells_per_row: int) -> Tensor:
+def count_rows(cell: Tensor, cells_per_row: int) -> Tensor:
     """Counts per row of the cells ``trunc(cell)``, ``cell`` (rows, samples) float in ``[0, cells_per_row)``."""
     rows = cell.shape[0]
     total = rows * cells_per_row
@@ -137,7 +139,7 @@ def histogram_counts(
         lo_, hi_ = bin_edges(x, edges, quantile)
         lo = lo_ if lo is None else lo
         hi = hi_ if hi is None else hi
-    return _count_rows(_bin_scaled(x, lo, hi, bins), bins)
+    return count_rows(bin_scaled(x, lo, hi, bins), bins)
 
 
 def joint_class_counts(
@@ -158,7 +160,7 @@ def joint_class_counts(
             f"labels must lie in [0, {num_classes}), got range [{int(labels.min())}, {int(labels.max())}]"
         )
     cell = _bin_index_float(x, lo, hi, bins).mul_(num_classes).add_(labels.float().unsqueeze(0))  # exact ints
-    return _count_rows(cell, bins * num_classes).view(x.shape[0], bins, num_classes)
+    return count_rows(cell, bins * num_classes).view(x.shape[0], bins, num_classes)
 
 
 def entropy_from_counts(counts: Tensor, miller_madow: bool = False) -> Tensor:

@@ -27,9 +27,6 @@ class ImportanceInfo:
         factory: class or callable returning a ``tp.importance.Importance``.
         paper: citation of the method.
         description: one-line formula.
-        needs_data: scoring needs calibration data.
-        needs_labels: calibration data must carry class labels.
-        needs_grad: scoring needs gradients left by a backward pass.
         source: ``"entropy-importance"`` or ``"torch-pruning"`` (Torch-Pruning built-ins, for comparison).
         defaults: keyword arguments applied before the caller's.
     """
@@ -38,11 +35,32 @@ class ImportanceInfo:
     factory: Callable[..., Any]
     paper: str
     description: str
-    needs_data: bool = False
-    needs_labels: bool = False
-    needs_grad: bool = False
     source: str = "entropy-importance"
     defaults: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def requirements(self):
+        """What scoring needs (data, labels, gradients), from the one table
+        :data:`entropy_importance.calibration.REQUIREMENTS`."""
+        from ..calibration.refresh import requirements
+
+        factory = self.factory
+        return requirements(factory if isinstance(factory, type) else factory(**self.defaults))
+
+    @property
+    def needs_data(self) -> bool:
+        """Scoring needs calibration data."""
+        return self.requirements.data
+
+    @property
+    def needs_labels(self) -> bool:
+        """Calibration data must carry class labels."""
+        return self.requirements.labels
+
+    @property
+    def needs_grad(self) -> bool:
+        """Scoring needs gradients left by a backward pass."""
+        return self.requirements.grad
 
 
 _REGISTRY: dict[str, ImportanceInfo] = {}
@@ -116,38 +134,32 @@ def _register_builtins() -> None:
         "gap-entropy", GAPEntropyImportance,
         paper="Luo & Wu, arXiv:1706.05791, 2017",
         description="H_j = entropy over images of channel j's global-average-pooled response",
-        needs_data=True,
     ))
     register_importance(ImportanceInfo(
         "feature-map-entropy", FeatureMapEntropyImportance,
         paper="Li et al., ICANN 2019 (EFP)",
         description="s_j = mean over images of the spatial histogram entropy of feature map j",
-        needs_data=True,
     ))
     register_importance(ImportanceInfo(
         "conditional-entropy", ConditionalEntropyImportance,
         paper="Min et al., arXiv:1809.02220, 2018 (2PFPCE)",
         description="s_j = I(Y; Z_j) = H(Y) - H(Y | Z_j), Z_j the binned GAP response, Y the label",
-        needs_data=True, needs_labels=True,
     ))
 
     imp = tp.importance
     tp_paper = "Fang et al., DepGraph, CVPR 2023 (Torch-Pruning)"
-    for name, factory, paper, description, defaults, extra in (
-        ("tp-magnitude-l1", imp.GroupMagnitudeImportance, tp_paper, "group L1 norm", {"p": 1}, {}),
-        ("tp-magnitude-l2", imp.GroupMagnitudeImportance, tp_paper, "group L2 norm", {"p": 2}, {}),
-        ("tp-fpgm", imp.FPGMImportance, "He et al., CVPR 2019", "distance to the geometric median", {}, {}),
-        ("tp-lamp", imp.LAMPImportance, "Lee et al., ICLR 2021", "layer-adaptive magnitude", {}, {}),
-        ("tp-bn-scale", imp.BNScaleImportance, "Liu et al., ICCV 2017", "|gamma| of BatchNorm", {}, {}),
-        ("tp-random", imp.RandomImportance, "-", "uniform random scores", {}, {}),
-        ("tp-taylor", imp.GroupTaylorImportance, "Molchanov et al., CVPR 2019", "|w * dL/dw|", {},
-         {"needs_data": True, "needs_labels": True, "needs_grad": True}),
-        ("tp-activation", imp.ActivationImportance, tp_paper, "mean |input activation| of the next layer", {},
-         {"needs_data": True}),
+    for name, factory, paper, description, defaults in (
+        ("tp-magnitude-l1", imp.GroupMagnitudeImportance, tp_paper, "group L1 norm", {"p": 1}),
+        ("tp-magnitude-l2", imp.GroupMagnitudeImportance, tp_paper, "group L2 norm", {"p": 2}),
+        ("tp-fpgm", imp.FPGMImportance, "He et al., CVPR 2019", "distance to the geometric median", {}),
+        ("tp-lamp", imp.LAMPImportance, "Lee et al., ICLR 2021", "layer-adaptive magnitude", {}),
+        ("tp-bn-scale", imp.BNScaleImportance, "Liu et al., ICCV 2017", "|gamma| of BatchNorm", {}),
+        ("tp-random", imp.RandomImportance, "-", "uniform random scores", {}),
+        ("tp-taylor", imp.GroupTaylorImportance, "Molchanov et al., CVPR 2019", "|w * dL/dw|", {}),
+        ("tp-activation", imp.ActivationImportance, tp_paper, "mean |input activation| of the next layer", {}),
     ):
-        register_importance(ImportanceInfo(
-            name, factory, paper, description, source="torch-pruning", defaults=defaults, **extra,
-        ))
+        register_importance(ImportanceInfo(name, factory, paper, description, source="torch-pruning",
+                                           defaults=defaults))
 
 
 _register_builtins()

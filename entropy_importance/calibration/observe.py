@@ -17,8 +17,9 @@ and only the hooks registered here are removed.
 
 from __future__ import annotations
 
+import copy
 import weakref
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -27,8 +28,10 @@ import torch.nn as nn
 from torch import Tensor
 from tqdm import tqdm
 
-from .base import ChannelScoreImportance
-from .channels import ChannelView
+from ..criteria.base import ChannelScoreImportance
+from ..criteria.channels import ChannelView
+from .batches import model_device, split_batch, to_device
+from .errors import CalibrationError, NotCalibratedError, StaleStatisticsError
 from .statistics import LayerStatistic, distributed_world
 
 __all__ = [
@@ -37,58 +40,20 @@ __all__ = [
     "NotCalibratedError",
     "StaleStatisticsError",
     "CalibrationError",
-    "split_batch",
 ]
 
 _INPUT_KINDS = frozenset({"conv_in", "linear_in", "depthwise"})
 _OUTPUT_KINDS = frozenset({"conv_out", "linear_out", "depthwise"})
 _OBSERVED_TYPES = (nn.modules.conv._ConvNd, nn.Linear)
-_INPUT_KEYS = ("input", "inputs", "image", "images", "pixel_values", "x")
-_TARGET_KEYS = ("target", "targets", "label", "labels", "y")
 
 
-class NotCalibratedError(RuntimeError):
-    """A data-driven importance was asked for scores before any statistics were collected."""
-
-
-class StaleStatisticsError(RuntimeError):
-    """The model's channel counts changed since the statistics were collected."""
-
-
-class CalibrationError(ValueError):
-    """Bad calibration input: no batches, missing or out-of-range labels, non-finite activations."""
-
-
-def split_batch(batch: Any) -> tuple[Any, Tensor | None]:
-    """``(inputs, targets)`` of a batch that is a tensor, an ``(input, target, ...)`` sequence or a dict
-    (inputs under one of ``input(s)``, ``image(s)``, ``pixel_values``, ``x``; targets under ``target(s)``,
-    ``label(s)``, ``y``)."""
-    if isinstance(batch, Tensor):
-        return batch, None
-    if isinstance(batch, Mapping):
-        inputs = next((batch[k] for k in _INPUT_KEYS if k in batch), None)
-        if inputs is None:
-            raise CalibrationError(f"dict batch has none of the input keys {_INPUT_KEYS}: {sorted(batch)}")
-        return inputs, next((batch[k] for k in _TARGET_KEYS if k in batch), None)
-    if isinstance(batch, Sequence) and not isinstance(batch, str) and len(batch) > 0:
-        return batch[0], (batch[1] if len(batch) > 1 else None)
-    raise CalibrationError(f"cannot read a batch of type {type(batch).__name__}: give tensors, tuples or dicts")
-
-
-def model_device(model: nn.Module) -> torch.device:
-    """The device of the model's first parameter (CPU for a parameter-free model)."""
-    param = next(model.parameters(), None)
-    return param.device if param is not None else torch.device("cpu")
-
-
-def _to(x: Any, device: torch.device) -> Any:
-    if isinstance(x, Tensor):
-        return x.to(device, non_blocking=True)
-    if isinstance(x, Mapping):
-        return {k: _to(v, device) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return type(x)(_to(v, device) for v in x)
-    return x
+def _width(module: nn.Module, where: str) -> int | None:
+    """Channels a conv / linear layer's statistics have at its input or output."""
+    if isinstance(module, nn.Linear):
+        return module.in_features if where == "input" else module.out_features
+    if isinstance(module, nn.modules.conv._ConvNd):
+        return module.in_channels if where == "input" else module.out_channels
+    return None
 
 
 def _channels_first(module: nn.Module, x: Tensor) -> Tensor:
@@ -124,6 +89,8 @@ class DataDrivenImportance(ChannelScoreImportance):
     """
 
     needs_labels: bool = False
+    #: fewer calibration images than this give every channel the same score
+    min_images: int = 1
 
     def __init__(self, where: str = "input", **kwargs) -> None:
         super().__init__(**kwargs)
@@ -151,6 +118,37 @@ class DataDrivenImportance(ChannelScoreImportance):
         self._stats.clear()
         self._names = weakref.WeakKeyDictionary()
         self._cache.clear()
+
+    def bind(self, model: nn.Module) -> DataDrivenImportance:
+        """Use the statistics for ``model``, a copy of the calibrated network (same layer names and widths, same
+        weights: the caller vouches for that), instead of the model they were collected on.
+
+        Raises:
+            NotCalibratedError: no statistics.
+            StaleStatisticsError: a layer of the statistics is missing from ``model`` or has another width.
+        """
+        if not self._stats:
+            raise NotCalibratedError(f"{type(self).__name__} has no statistics to bind: calibrate first")
+        modules = dict(model.named_modules())
+        for name, stat in self._stats.items():
+            module = modules.get(name)
+            width = _width(module, self.where) if module is not None else None
+            if width != stat.channels:
+                raise StaleStatisticsError(
+                    f"statistics for layer {name!r} ({stat.channels} channels) do not fit this model "
+                    f"({'no such layer' if module is None else f'{width} channels'}): calibrate on this model")
+        self._names = weakref.WeakKeyDictionary(
+            {m: n for n, m in modules.items() if isinstance(m, _OBSERVED_TYPES)})
+        self._cache.clear()
+        return self
+
+    def __deepcopy__(self, memo: dict) -> DataDrivenImportance:
+        """A copy with its own statistics, bound to no model (:meth:`bind` it); module references are not copied."""
+        clone = copy.copy(self)
+        state = {k: v for k, v in vars(self).items() if k not in ("_names", "_cache")}
+        vars(clone).update(copy.deepcopy(state, memo))
+        clone._names, clone._cache = weakref.WeakKeyDictionary(), {}
+        return clone
 
     @contextmanager
     def observe(self, model: nn.Module) -> Iterator[Observer]:
@@ -267,13 +265,18 @@ class DataDrivenImportance(ChannelScoreImportance):
                         break
                     inputs, targets = split_batch(batch)
                     obs.targets = targets
-                    model(_to(inputs, device))
+                    model(to_device(inputs, device))
                     obs.batches += 1
                 bar.close()
             if obs.batches == 0:
                 raise CalibrationError("calibration data yielded no batches: give a non-empty loader")
             if not self._stats:
                 raise CalibrationError("no conv or linear layer was reached by the forward pass")
+            seen = max(stat.num_images for stat in self._stats.values())
+            if seen < self.min_images:
+                raise CalibrationError(
+                    f"{type(self).__name__} needs at least {self.min_images} calibration images, got {seen}: with "
+                    "fewer every channel gets the same score; give more (or larger) batches")
         except BaseException:
             self._stats, self._names = previous, previous_names
             self._cache.clear()
@@ -300,7 +303,12 @@ class DataDrivenImportance(ChannelScoreImportance):
         if view.kind not in (_INPUT_KINDS if self.where == "input" else _OUTPUT_KINDS):
             return None
         name = self._names.get(view.module)
-        stat = self._stats.get(name) if name is not None else None
+        if name is None:
+            raise StaleStatisticsError(
+                f"{type(self).__name__}: the statistics were collected on another model (a copy counts): calibrate "
+                "on the model being pruned, or imp.bind(model) when it is an identical copy of the calibrated one"
+            )
+        stat = self._stats.get(name)
         if stat is None:
             return None  # this layer saw no data (not reached by the forward pass)
         if stat.channels != view.num_channels:

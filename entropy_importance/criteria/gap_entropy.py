@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import math
 
-import torch
 from torch import Tensor
 
-from .calibration import DataDrivenImportance
+from ..calibration.errors import CalibrationError
+from ..calibration.observe import DataDrivenImportance
+from ..calibration.statistics import ResponseSamples
 from .estimators import EDGE_MODES, EdgeMode, histogram_entropy
-from .statistics import ResponseSamples
 
 __all__ = ["GAPEntropyImportance", "auto_response_bins"]
 
@@ -38,6 +38,8 @@ class GAPEntropyImportance(DataDrivenImportance):
     docs/benchmarks.md.
     """
 
+    min_images = 2
+
     def __init__(
         self,
         bins: int | None = None,
@@ -64,7 +66,8 @@ class GAPEntropyImportance(DataDrivenImportance):
 
     def score_statistic(self, stat: ResponseSamples) -> Tensor:
         values, _ = stat.samples()
-        if values.shape[0] < 2:
-            return torch.zeros(stat.channels, device=values.device)
+        if values.shape[0] < self.min_images:
+            raise CalibrationError(f"{type(self).__name__} needs at least {self.min_images} calibration images, "
+                                   f"got {values.shape[0]}: with fewer every channel gets the same score")
         bins = self.bins or auto_response_bins(values.shape[0])
         return histogram_entropy(values.t(), bins, edges=self.edges, miller_madow=self.miller_madow)

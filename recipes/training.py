@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from tqdm import tqdm
 
-from entropy_importance.cifar import resnet56, vgg16_bn
+from recipes.cifar_models import resnet56, vgg16_bn
 from entropy_importance.data import fashion_mnist
 from entropy_importance.serialization import atomic_write
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from .calibration import DataDrivenImportance
-from .statistics import MapEntropySum
+from ..calibration.observe import DataDrivenImportance
+from ..calibration.statistics import MapEntropySum
 
 __all__ = ["FeatureMapEntropyImportance"]
 

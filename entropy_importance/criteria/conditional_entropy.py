@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor
 
+from ..calibration.errors import CalibrationError
+from ..calibration.statistics import ResponseSamples
 from .estimators import bin_edges, entropy_from_counts, joint_class_counts, mutual_information
 from .gap_entropy import GAPEntropyImportance
-from .statistics import ResponseSamples
 
 __all__ = ["ConditionalEntropyImportance"]
 
@@ -49,8 +49,9 @@ class ConditionalEntropyImportance(GAPEntropyImportance):
 
     def score_statistic(self, stat: ResponseSamples) -> Tensor:
         values, _ = stat.samples()
-        if values.shape[0] < 2:
-            return torch.zeros(stat.channels, device=values.device)
+        if values.shape[0] < self.min_images:
+            raise CalibrationError(f"{type(self).__name__} needs at least {self.min_images} calibration images, "
+                                   f"got {values.shape[0]}: with fewer every channel gets the same score")
         return mutual_information(self._joint(stat))
 
     def marginal_entropy(self, layer_name: str) -> Tensor:

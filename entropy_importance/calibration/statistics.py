@@ -17,7 +17,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from .estimators import _bin_scaled, _count_rows, entropy_from_counts
+from ..criteria.estimators import bin_scaled, count_rows, entropy_from_counts
 
 __all__ = ["LayerStatistic", "ResponseSamples", "MapEntropySum", "distributed_world"]
 
@@ -170,7 +170,7 @@ class MapEntropySum(LayerStatistic):
         else:
             lo, hi = rows.amin(1), rows.amax(1)
         # the calibration hook has checked finiteness already: count directly
-        counts = _count_rows(_bin_scaled(rows, lo, hi, self.bins), self.bins)
+        counts = count_rows(bin_scaled(rows, lo, hi, self.bins), self.bins)
         h = entropy_from_counts(counts).view(b, c).sum(0)
         self.total = h if self.total is None else self.total + h
         self.count += b

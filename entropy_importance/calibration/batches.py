@@ -1,0 +1,50 @@
+"""Reading calibration batches: ``(inputs, targets)`` of any batch layout, moved to the model's device."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+import torch.nn as nn
+from torch import Tensor
+
+from .errors import CalibrationError
+
+__all__ = ["split_batch", "model_device", "to_device", "INPUT_KEYS", "TARGET_KEYS"]
+
+INPUT_KEYS = ("input", "inputs", "image", "images", "pixel_values", "x")
+TARGET_KEYS = ("target", "targets", "label", "labels", "y")
+
+
+def split_batch(batch: Any) -> tuple[Any, Tensor | None]:
+    """``(inputs, targets)`` of a batch that is a tensor, an ``(input, target, ...)`` sequence or a dict
+    (inputs under one of ``input(s)``, ``image(s)``, ``pixel_values``, ``x``; targets under ``target(s)``,
+    ``label(s)``, ``y``)."""
+    if isinstance(batch, Tensor):
+        return batch, None
+    if isinstance(batch, Mapping):
+        inputs = next((batch[k] for k in INPUT_KEYS if k in batch), None)
+        if inputs is None:
+            raise CalibrationError(f"dict batch has none of the input keys {INPUT_KEYS}: {sorted(batch)}")
+        return inputs, next((batch[k] for k in TARGET_KEYS if k in batch), None)
+    if isinstance(batch, Sequence) and not isinstance(batch, str) and len(batch) > 0:
+        return batch[0], (batch[1] if len(batch) > 1 else None)
+    raise CalibrationError(f"cannot read a batch of type {type(batch).__name__}: give tensors, tuples or dicts")
+
+
+def model_device(model: nn.Module) -> torch.device:
+    """The device of the model's first parameter (CPU for a parameter-free model)."""
+    param = next(model.parameters(), None)
+    return param.device if param is not None else torch.device("cpu")
+
+
+def to_device(x: Any, device: torch.device | str) -> Any:
+    """``x`` (a tensor, or dicts / lists / tuples of them) on ``device``; other values as they are."""
+    if isinstance(x, Tensor):
+        return x.to(device, non_blocking=True)
+    if isinstance(x, Mapping):
+        return {k: to_device(v, device) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return type(x)(to_device(v, device) for v in x)
+    return x
