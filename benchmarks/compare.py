@@ -5,7 +5,7 @@
     python -m benchmarks.compare --quick --report   # only rewrite docs from the results file
 
 For each architecture and seed: train a base network on Fashion-MNIST (cached), then for each criterion and
-ranking mode (local / global) prune it progressively (``EntropyPruner``, small equal steps, Torch-Pruning's MAC
+ranking mode (local / global) prune it progressively (``Engine.progressive``, small equal steps, Torch-Pruning's MAC
 counter) and take a snapshot when the MAC speed-up first reaches each target (2x, 3x). Every snapshot is
 evaluated on the validation and test splits right away, after re-estimating BatchNorm statistics on the
 calibration batches (no weight changes), and after an identical short fine-tune. Every criterion
@@ -40,11 +40,9 @@ import torch
 import torch.nn as nn
 from tqdm import tqdm
 
-from entropy_importance import EntropyPruner, create_importance, list_importances
+from entropy_importance import Engine, create_importance, list_importances
 from entropy_importance.engine import count_params, tp_macs
-from entropy_importance.engine import classifier_layers
-
-from .cifar_training import (
+from recipes.training import (
     Split,
     Splits,
     batches,
@@ -54,6 +52,8 @@ from .cifar_training import (
     train,
     trained_model,
 )
+
+from .compare_report import ablation_decisions, plan, write_report
 
 OURS = list_importances(source="entropy-importance")
 BUILTINS = ["tp-magnitude-l1", "tp-magnitude-l2", "tp-fpgm", "tp-lamp", "tp-bn-scale", "tp-taylor", "tp-random",
@@ -106,16 +106,23 @@ FULL = Config(archs=["resnet56", "vgg16"], seeds=[0, 1, 2], train_limit=None, va
 
 
 class _Timed:
-    """Wall time spent refreshing statistics (calibration, gradients) and scoring groups."""
+    """Wall time spent measuring the criterion (calibration, gradients) and scoring groups of an engine's steps."""
 
-    def __init__(self, pruner: EntropyPruner) -> None:
+    def __init__(self, engine: Engine) -> None:
         self.calibration = self.scoring = 0.0
-        calibrate, estimate = pruner.calibrate, pruner.estimate_importance
+        measure = engine.measure
 
-        def timed_calibrate():
+        def timed_measure(work, fresh):
             t = time.perf_counter()
-            calibrate()
-            self.calibration += time.perf_counter() - t
+            try:
+                return measure(work, fresh)
+            finally:
+                self.calibration += time.perf_counter() - t
+
+        engine.measure = timed_measure
+
+    def scored(self, pruner) -> None:
+        estimate = pruner.estimate_importance
 
         def timed_estimate(group):
             t = time.perf_counter()
@@ -124,27 +131,25 @@ class _Timed:
             finally:
                 self.scoring += time.perf_counter() - t
 
-        pruner.calibrate, pruner.estimate_importance = timed_calibrate, timed_estimate
+        pruner.estimate_importance = timed_estimate
 
 
 def progressive(model: nn.Module, criterion: str, calibration: list, targets: list[float], global_pruning: bool,
                 steps: int, seed: int, **options) -> Iterator[tuple[float, float, nn.Module, _Timed]]:
-    """Prune a copy of ``model`` in ``steps`` equal steps; yield ``(target, reached, snapshot, times)`` the
-    first time the MAC speed-up reaches each target."""
+    """Prune a copy of ``model`` in ``steps`` equal steps towards ratio 0.9 (the engine's progressive schedule,
+    the criterion re-measured before each step); yield ``(target, reached, snapshot, times)`` the first time the MAC
+    speed-up reaches each target."""
     torch.manual_seed(seed)
-    model = copy.deepcopy(model).eval()
     example = calibration[0][0][:1]
-    base = tp_macs(model, example)
-    pruner = EntropyPruner(model, example, create_importance(criterion, **options), calibration_data=calibration,
-                           pruning_ratio=0.9, iterative_steps=steps, global_pruning=global_pruning,
-                           ignored_layers=classifier_layers(model, last_only=True))
-    times = _Timed(pruner)
+    engine = Engine(model, example, create_importance(criterion, **options), calibration_data=calibration,
+                    heads="last", global_pruning=global_pruning)
+    times = _Timed(engine)
     pending = sorted(targets)
-    for _ in range(steps):
-        pruner.step()
-        reached = base / tp_macs(model, example)
-        while pending and reached >= pending[0]:
-            yield pending.pop(0), reached, copy.deepcopy(model), times
+    for step in engine.progressive(0.9, steps):
+        if step.index == 1:
+            times.scored(step.pruner)
+        while pending and step.speed_up is not None and step.speed_up >= pending[0]:
+            yield pending.pop(0), step.speed_up, copy.deepcopy(step.model), times
         if not pending:
             return
     raise RuntimeError(f"{criterion}: speed-up {pending[0]} not reached in {steps} steps")
@@ -191,19 +196,11 @@ def run_grid(cfg: Config, results: Path, cache: Path) -> None:
                     _record(results, done, row)
 
 
-def _plan(rows: list[dict]) -> tuple[dict, list]:
-    """The ablation lists as they were when the results were made (first value = the default then)."""
-    plan = next((r for r in rows if r["kind"] == "plan"), None)
-    return (plan["ablations"], plan["normalizers"]) if plan else (ABLATIONS, NORMALIZERS)
-
-
 def chosen_options(results: Path) -> dict[str, dict]:
     """Options that won their ablation (differing from the current default), per criterion."""
-    from .compare_report import ablation_decisions
-
     rows = [json.loads(line) for line in results.read_text().splitlines() if line.strip()]
     chosen: dict[str, dict] = {}
-    for d in ablation_decisions(rows, *_plan(rows)):
+    for d in ablation_decisions(rows, *plan(rows, ABLATIONS, NORMALIZERS)):
         if d["chosen"] != d["default"]:
             chosen.setdefault(d["criterion"], {})[d["option"]] = d["chosen"]
     return chosen
@@ -306,10 +303,8 @@ def main(argv: list[str] | None = None) -> None:
     if not args.report:
         run_grid(cfg, results, Path(args.cache))
         _record(results, set(), {"kind": "session", "seconds": time.perf_counter() - t, "at": time.time()})
-    from .compare_report import write_report
-
     command = "python -m benchmarks.compare " + " ".join(argv if argv is not None else sys.argv[1:])
-    write_report(results, Path(args.docs), asdict(cfg), command.strip())
+    write_report(results, Path(args.docs), asdict(cfg), command.strip(), ABLATIONS, NORMALIZERS)
 
 
 if __name__ == "__main__":

@@ -206,13 +206,18 @@ def _plot(table: dict, path: Path) -> bool:
     return True
 
 
-def write_report(results: Path, docs: Path, config: dict, command: str) -> None:
-    from .compare import _plan
+def plan(rows: list[dict], ablations: dict, normalizers: dict) -> tuple[dict, dict]:
+    """The ablation lists as they were when the results were made (first value = the default then); the given
+    ones when the results have no plan row."""
+    found = next((r for r in rows if r["kind"] == "plan"), None)
+    return (found["ablations"], found["normalizers"]) if found else (ablations, normalizers)
 
+
+def write_report(results: Path, docs: Path, config: dict, command: str, ablations: dict, normalizers: dict) -> None:
     rows = [json.loads(line) for line in results.read_text().splitlines() if line.strip()]
     table = aggregate(rows)
     n_test = config.get("test_limit") or 10000
-    decisions = ablation_decisions(rows, *_plan(rows))
+    decisions = ablation_decisions(rows, *plan(rows, ablations, normalizers))
     verdict = verdicts(table, n_test)
     docs.mkdir(parents=True, exist_ok=True)
     section = _markdown(rows, table, decisions, verdict, config, command)

@@ -18,9 +18,9 @@ import torch.nn.functional as F
 from torch import Tensor
 from tqdm import tqdm
 
-from recipes.cifar_models import resnet56, vgg16_bn
 from entropy_importance.data import fashion_mnist
 from entropy_importance.serialization import atomic_write
+from recipes.cifar_models import resnet56, vgg16_bn
 
 __all__ = ["Split", "Splits", "load_splits", "batches", "train", "evaluate", "recalibrate_batchnorm", "trained_model",
            "ARCHITECTURES"]

@@ -7,9 +7,9 @@ import pytest
 import torch.nn as nn
 
 from benchmarks import compare
-from recipes import training as cifar_training
 from benchmarks.compare_report import BEGIN, END, ablation_decisions, binomial_se_diff, verdicts, write_report
 from entropy_importance.data import find_fashion_mnist
+from recipes import training as cifar_training
 
 
 def test_binomial_standard_error_of_a_difference():
@@ -79,7 +79,7 @@ def test_tiny_end_to_end_run_resumes_and_reports(tmp_path, monkeypatch):
     assert len(results.read_text().splitlines()) == len(rows)
     (tmp_path / "docs").mkdir()
     (tmp_path / "docs" / "benchmarks.md").write_text("# Benchmarks\n\nhand-written part\n")
-    write_report(results, tmp_path / "docs", {"test_limit": 200}, "test")
+    write_report(results, tmp_path / "docs", {"test_limit": 200}, "test", compare.ABLATIONS, compare.NORMALIZERS)
     md = (tmp_path / "docs" / "benchmarks.md").read_text()
     assert md.startswith("# Benchmarks\n\nhand-written part") and BEGIN in md and END in md
     assert "### tiny, local ranking" in md and "★ gap-entropy" in md

@@ -7,6 +7,7 @@ import torch
 import torch.multiprocessing as mp
 import torch.nn as nn
 import torch_pruning as tp
+from conftest import image_batches, same_state, small_resnet
 
 from entropy_importance import (
     CalibrationError,
@@ -174,23 +175,10 @@ def test_observe_with_targets_in_a_custom_loop():
     assert conv1_scores(imp, model).argmax().item() == 2
 
 
-def _small_resnet():
-    import torchvision
-
-    torch.manual_seed(0)
-    return torchvision.models.resnet18(num_classes=10).eval()
-
-
-def _image_batches(n_batches=2, batch=8, size=32):
-    g = torch.Generator().manual_seed(0)
-    return [(torch.randn(batch, 3, size, size, generator=g), torch.randint(0, 10, (batch,), generator=g))
-            for _ in range(n_batches)]
-
-
 def test_stale_statistics_after_a_pruning_step():
-    model = _small_resnet()
+    model = small_resnet()
     x = torch.randn(1, 3, 32, 32)
-    imp = create_importance("gap-entropy").calibrate(model, _image_batches())
+    imp = create_importance("gap-entropy").calibrate(model, image_batches())
     pruner = tp.pruner.MetaPruner(model, x, importance=imp, pruning_ratio=0.5, iterative_steps=2,
                                   ignored_layers=[model.fc])
     pruner.step()
@@ -200,10 +188,10 @@ def test_stale_statistics_after_a_pruning_step():
 
 @pytest.mark.parametrize("name", ["gap-entropy", "feature-map-entropy", "conditional-entropy"])
 def test_entropy_pruner_iterative_steps(name):
-    model = _small_resnet()
+    model = small_resnet()
     x = torch.randn(1, 3, 32, 32)
     widths = []
-    pruner = EntropyPruner(model, x, create_importance(name), calibration_data=_image_batches(),
+    pruner = EntropyPruner(model, x, create_importance(name), calibration_data=image_batches(),
                            pruning_ratio=0.5, iterative_steps=3, ignored_layers=[model.fc])
     for _ in range(3):
         pruner.step()
@@ -213,14 +201,11 @@ def test_entropy_pruner_iterative_steps(name):
 
 
 def _unchanged(model, reference):
-    return all(
-        a.shape == b.shape and torch.equal(a, b)
-        for a, b in zip(model.state_dict().values(), reference.state_dict().values(), strict=True)
-    )
+    return same_state(model, reference.state_dict())
 
 
 def _prune_with(imp, data, model=None):
-    model = model or _small_resnet()
+    model = model or small_resnet()
     reference = copy.deepcopy(model)
     pruner = EntropyPruner(model, torch.randn(1, 3, 32, 32), imp, calibration_data=data, pruning_ratio=0.5,
                            ignored_layers=[model.fc])
@@ -228,7 +213,7 @@ def _prune_with(imp, data, model=None):
 
 
 def test_uncalibrated_importance_is_a_clear_error():
-    model = _small_resnet()
+    model = small_resnet()
     reference = copy.deepcopy(model)
     pruner = tp.pruner.MetaPruner(model, torch.randn(1, 3, 32, 32), importance=GAPEntropyImportance(),
                                   pruning_ratio=0.5, ignored_layers=[model.fc])
@@ -258,7 +243,7 @@ def test_bad_calibration_input_leaves_model_unchanged(imp, data, message):
 
 
 def test_entropy_pruner_requires_data_for_data_driven_criteria():
-    model = _small_resnet()
+    model = small_resnet()
     with pytest.raises(ValueError, match="calibration_data"):
         EntropyPruner(model, torch.randn(1, 3, 32, 32), GAPEntropyImportance(), pruning_ratio=0.5)
 

@@ -1,25 +1,25 @@
-"""The group search prune() installs (``tp_compat.get_pruning_group``) against Torch-Pruning's own search."""
+"""The group search of ``repairs()`` (``repairs.get_pruning_group``) against Torch-Pruning's own search."""
 
 import timm
 import torch
 import torch_pruning as tp
 
+from entropy_importance import repairs
 from entropy_importance.models import create_model
-from entropy_importance.tp_compat import exact_widths, get_pruning_group, record_concat_widths
 
 
 def _groups(model: torch.nn.Module, x: torch.Tensor):
     """(name, Torch-Pruning's group, ours) for every conv/linear root, and each item's channel count."""
-    with exact_widths():
-        with record_concat_widths():
-            graph = tp.DependencyGraph().build_dependency(model, x)
+    with repairs():  # exact widths for both; inside the block graph.get_pruning_group is ours
+        torch_pruning_search = tp.DependencyGraph.get_pruning_group.__wrapped__
+        graph = tp.DependencyGraph().build_dependency(model, x)
         for module in list(graph.module2node):
             if not isinstance(module, (torch.nn.Conv2d, torch.nn.Linear)):
                 continue
             pruner = graph.get_pruner_of_module(module)
             idxs = list(range(pruner.get_out_channels(module)))
-            yield (graph, graph.get_pruning_group(module, pruner.prune_out_channels, idxs),
-                   get_pruning_group(graph, module, pruner.prune_out_channels, idxs))
+            yield (graph, torch_pruning_search(graph, module, pruner.prune_out_channels, idxs),
+                   graph.get_pruning_group(module, pruner.prune_out_channels, idxs))
 
 
 def _channels(graph, dep) -> int | None:
@@ -66,12 +66,11 @@ def test_groups_of_partial_residual_adds_are_formed_quickly():
     import time
 
     start = time.perf_counter()
-    with exact_widths():
-        with record_concat_widths():
-            graph = tp.DependencyGraph().build_dependency(model, torch.randn(1, 3, 64, 64))
+    with repairs():
+        graph = tp.DependencyGraph().build_dependency(model, torch.randn(1, 3, 64, 64))
         conv = model.features[15].conv_pwl.conv
         pruner = graph.get_pruner_of_module(conv)
-        group = get_pruning_group(graph, conv, pruner.prune_out_channels, list(range(conv.out_channels)))
+        group = graph.get_pruning_group(conv, pruner.prune_out_channels, list(range(conv.out_channels)))
     assert time.perf_counter() - start < 60
     assert _in_range(graph, group)
     assert group[0].dep.target.module is conv and sorted(group[0].idxs) == list(range(conv.out_channels))

@@ -2,14 +2,14 @@
 every criterion. The full sweep (every timm family, torchvision classification + detection) is
 ``python scripts/sweep.py``, which writes docs/coverage.md."""
 
-import pytest
-import timm
-import torch
+import json
 
-from entropy_importance import list_importances, prune
-from entropy_importance.engine import tp_macs
-from entropy_importance.models import create_model
-from entropy_importance.engine import batch_size, forward, output_signature
+import pytest
+import torch
+from conftest import build_model
+
+from entropy_importance import cli, list_importances, load_pruned, prune, save_pruned
+from entropy_importance.engine import batch_size, count_params, forward, output_signature, tp_macs
 
 CRITERIA = list_importances(source="entropy-importance")
 
@@ -53,17 +53,9 @@ BUILD_KWARGS = {"timm:swin_tiny_patch4_window7_224": {"window_size": 4}}
 
 
 def _build(spec, size):
-    torch.manual_seed(0)
-    source, name = spec.split(":", 1)
-    if source == "timm":
-        try:
-            model = timm.create_model(name, pretrained=False, num_classes=10, img_size=size,
-                                      **BUILD_KWARGS.get(spec, {}))
-        except TypeError:
-            model = timm.create_model(name, pretrained=False, num_classes=10)
-    else:
-        model = create_model(spec, num_classes=None)
-    return model.eval(), torch.randn(1, 3, size, size)
+    if spec.startswith("torchvision:ssd"):
+        return build_model(spec, size, num_classes=None), torch.randn(1, 3, size, size)
+    return build_model(spec, size, **BUILD_KWARGS.get(spec, {})), torch.randn(1, 3, size, size)
 
 
 CASES = [(spec, size, c) for spec, size in FAST_MODELS for c in CRITERIA]
@@ -72,7 +64,7 @@ CASES = [(spec, size, c) for spec, size in FAST_MODELS for c in CRITERIA]
 # The whole cross product runs in CI (about 8 minutes on 2 CPU cores); scripts/sweep.py covers every timm family
 # and torchvision model with every criterion.
 @pytest.mark.parametrize("spec, size, criterion", CASES, ids=[f"{spec}-{c}" for spec, _, c in CASES])
-def test_prune_model(spec, size, criterion):
+def test_prune_model(spec, size, criterion, tmp_path):
     model, x = _build(spec, size)
     reference = output_signature(forward(model, x), batch_size(x))
     g = torch.Generator().manual_seed(0)
@@ -82,3 +74,36 @@ def test_prune_model(spec, size, criterion):
     assert report.params_after < report.params_before
     macs = tp_macs(pruned, x)
     assert macs is None or report.macs_before is None or macs < report.macs_before
+    if criterion == SAVED:  # saved and reloaded by name: identical outputs
+        path = tmp_path / "pruned.pt"
+        save_pruned(path, pruned)
+        assert _identical(forward(load_pruned(path), x), forward(pruned, x))
+
+
+SAVED = "information-capacity"
+
+
+def _identical(a, b) -> bool:
+    if isinstance(a, torch.Tensor):
+        return isinstance(b, torch.Tensor) and a.shape == b.shape and torch.equal(a, b)
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(_identical(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)):
+        return type(a) is type(b) and len(a) == len(b) and all(map(_identical, a, b))
+    return a == b
+
+
+@pytest.mark.parametrize("spec, size", FAST_MODELS, ids=[spec for spec, _ in FAST_MODELS])
+def test_cli_prunes_model(spec, size, tmp_path, capsys):
+    out, report = tmp_path / "pruned.pt", tmp_path / "report.json"
+    args = [spec, "--criterion", SAVED, "--input-size", "3", str(size), str(size), "--out", str(out),
+            "--json", str(report)]
+    args += [] if spec.startswith("torchvision:ssd") else ["--num-classes", "10"]
+    args += [f"--model-arg={k}={v}" for k, v in BUILD_KWARGS.get(spec, {}).items()]
+    assert cli.main(args) == 0, capsys.readouterr().err
+    result = json.loads(report.read_text())
+    model = load_pruned(out)
+    assert count_params(model) == result["after"]["params"] < result["before"]["params"]
+    x = torch.randn(1, 3, size, size)
+    base, _ = _build(spec, size)
+    assert output_signature(forward(model, x), 1) == output_signature(forward(base, x), 1)

@@ -5,8 +5,10 @@ import copy
 import pytest
 import torch
 import torch.nn as nn
+from conftest import same_state, state_of
 
 from entropy_importance import PruneReport, create_importance, prune
+from entropy_importance.repairs import active as repairs_active
 from recipes.cifar_models import resnet56
 
 
@@ -29,28 +31,19 @@ class FixedWidthReshape(nn.Module):
         return self.fc(torch.relu(self.conv_c(x)).mean((2, 3)))
 
 
-def _state(model):
-    return {k: v.clone() for k, v in model.state_dict().items()}
-
-
-def _same(model, state):
-    return model.state_dict().keys() == state.keys() and all(
-        torch.equal(v, state[k]) for k, v in model.state_dict().items()
-    )
-
-
 def test_breaking_group_is_kept_and_the_rest_pruned():
     model = FixedWidthReshape().eval()
-    before = _state(model)
+    before = state_of(model)
     x = torch.randn(2, 3, 8, 8)
     pruned, report = prune(model, x, "channel-similarity-entropy", ratio=0.5)
-    assert _same(model, before)  # the caller's model is untouched
+    assert same_state(model, before)  # the caller's model is untouched
     assert pruned.conv_b.out_channels == 16
     assert "conv_b" in report.kept_unpruned and "forward" in report.kept_unpruned["conv_b"]
     assert report.kept_unpruned["fc"] == "classifier"
     assert pruned.conv_a.out_channels == 8 and pruned.conv_c.out_channels == 16
     assert pruned(x).shape == (2, 5)
     assert report.params_after < report.params_before and report.rounds == 2
+    assert not repairs_active()  # the isolation left no repairs block open in this thread
 
 
 def test_speed_up_target_is_reached_by_a_one_shot_ratio_search():
@@ -108,11 +101,11 @@ def test_data_driven_criterion_is_calibrated_on_the_model_being_pruned():
 )
 def test_bad_arguments_leave_the_model_unchanged(kwargs, error):
     model = FixedWidthReshape().eval()
-    before = _state(model)
+    before = state_of(model)
     kwargs = {"importance": "channel-similarity-entropy", **kwargs}
     with pytest.raises(error):
         prune(model, torch.randn(1, 3, 8, 8), **kwargs)
-    assert _same(model, before)
+    assert same_state(model, before)
 
 
 def test_a_failing_calibration_leaves_the_model_unchanged():
@@ -120,7 +113,7 @@ def test_a_failing_calibration_leaves_the_model_unchanged():
     reference = copy.deepcopy(model)
     with pytest.raises(ValueError, match="labels"):
         prune(model, torch.randn(1, 3, 8, 8), "conditional-entropy", calibration_data=[torch.randn(4, 3, 8, 8)])
-    assert _same(model, reference.state_dict())
+    assert same_state(model, reference.state_dict())
 
 
 def test_prune_with_taylor_and_no_data_is_an_argument_error():
@@ -347,8 +340,8 @@ def test_per_channel_parameters_of_a_conv_subclass_are_pruned_with_its_weight():
 
 
 def test_classifier_layers_last_only_leaves_a_multi_layer_head_prunable():
-    from recipes.cifar_models import vgg16_bn
     from entropy_importance.engine import classifier_layers
+    from recipes.cifar_models import vgg16_bn
 
     vgg, res = vgg16_bn(10), resnet56(10)
     assert classifier_layers(vgg) == [vgg.classifier] and classifier_layers(vgg, last_only=True) == [vgg.classifier[3]]

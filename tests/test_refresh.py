@@ -5,21 +5,14 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from conftest import image_batches, small_net
 
 from entropy_importance import ConditionalEntropyImportance, EntropyPruner, create_importance
 from entropy_importance.calibration import refresh_importance
 
 
-def small_net():
-    torch.manual_seed(0)
-    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
-                         nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-                         nn.Linear(8, 5))
-
-
 def batches(n=3, b=6, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return [(torch.randn(b, 3, 8, 8, generator=g), torch.randint(0, 5, (b,), generator=g)) for _ in range(n)]
+    return image_batches(n, b, size=8, classes=5, seed=seed)
 
 
 def test_taylor_refresh_leaves_the_summed_loss_gradient_and_keeps_batchnorm_statistics():

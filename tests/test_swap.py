@@ -1,13 +1,12 @@
 """The one-line swap: ``importance=create_importance(name)`` in an existing Torch-Pruning pipeline."""
 
 import pytest
-import timm
 import torch
 import torch_pruning as tp
+from conftest import build_model, image_batches
 
 from entropy_importance import EntropyPruner, create_importance, get_importance_info, list_importances
 from entropy_importance.engine import attention_num_heads, classifier_layers, sync_attention_heads
-from entropy_importance.models import create_model
 
 CRITERIA = list_importances(source="entropy-importance")
 MODELS = [
@@ -24,11 +23,7 @@ SIZE = 64
 
 
 def _build(spec):
-    torch.manual_seed(0)
-    if spec == "timm:vit_tiny_patch16_224":
-        model = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=SIZE, num_classes=10)
-    else:
-        model = create_model(spec, num_classes=10)
+    model = build_model(spec, SIZE)
     ignored = classifier_layers(model)
     if spec == "torchvision:vgg16_bn":
         ignored = [model.classifier]  # the whole 25088-4096-4096 MLP, as in the HRank/CHIP VGG layout
@@ -40,9 +35,7 @@ def _params(model):
 
 
 def _batches(n=2, batch=4):
-    g = torch.Generator().manual_seed(0)
-    return [(torch.randn(batch, 3, SIZE, SIZE, generator=g), torch.randint(0, 10, (batch,), generator=g))
-            for _ in range(n)]
+    return image_batches(n, batch, SIZE)
 
 
 def _importance(name, model):

@@ -16,9 +16,10 @@ def test_markdown_pass_rates_and_reasons(tmp_path):
     base = sweep.BASELINE
     rows = [
         {"spec": "timm:a", "criterion": base, "ok": True, "reason": None},
-        {"spec": "timm:a", "criterion": "gap-entropy", "ok": True, "reason": None, "kept": {"blocks.0.fc": "why"}},
+        {"spec": "timm:a", "criterion": "gap-entropy", "ok": True, "reason": None, "kept": {"blocks.0.fc": "why"},
+         "speed_up": 1.2},
         {"spec": "timm:b", "criterion": base, "ok": False, "reason": "IndexError: boom"},
-        {"spec": "timm:b", "criterion": "gap-entropy", "ok": True, "reason": None},
+        {"spec": "timm:b", "criterion": "gap-entropy", "ok": True, "reason": None, "speed_up": 2.5},
         {"spec": "timm:c", "criterion": base, "ok": False, "reason": "timeout > 9 s"},
         {"spec": "timm:c", "criterion": "gap-entropy", "ok": False, "reason": "timeout > 9 s"},
         {"spec": "torchvision:d", "criterion": base, "ok": True, "reason": None},
@@ -33,6 +34,9 @@ def test_markdown_pass_rates_and_reasons(tmp_path):
     assert "IndexError: boom" in text and "kept blocks.0.fc" in text
     assert "| gap-entropy | 1/1 | 100 % |" in text.split("## torchvision")[1]
     assert "`torchvision:huge` (200 M)" in text
+    assert "| ✓ 2.50x |" in timm_part and "| ✓ 1.20x |" in timm_part
+    low = timm_part.split("passing below 1.5x MAC speed-up")[1]
+    assert "`timm:a`" in low and "`timm:b`" not in low
     # hand-written explanations below the marker survive a rewrite
     out.write_text(text + sweep.HAND_WRITTEN + "\n## Why\nbecause\n")
     sweep.write_markdown(rows[:2], ["gap-entropy"], out, "cmd", {})
@@ -50,6 +54,7 @@ def test_end_to_end_resume_and_retry(tmp_path):
     by = {(r["spec"], r["criterion"]): r for r in rows}
     assert len(rows) == 4
     assert by[("timm:test_byobnet", "information-capacity")]["ok"]
+    assert by[("timm:test_byobnet", "information-capacity")]["speed_up"] > 1
     assert by[("timm:test_byobnet", sweep.BASELINE)]["ok"]
     # an unknown model crashes its child: both of its rows say so instead of vanishing
     assert all(not by[("timm:no_such_model_xyz", c)]["ok"] and by[("timm:no_such_model_xyz", c)]["reason"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import warnings
 from collections.abc import Sequence
 
@@ -37,7 +38,9 @@ class ChannelScoreImportance(tp.importance.GroupMagnitudeImportance):
             pruning, where scores of different layers are compared.
         target_types: module types that may contribute (default: conv and linear layers).
         tie_break: break exact ties (frequent with histogram entropies) by the channel's weight L2 norm,
-            without changing the order of channels whose scores differ (methods.md pitfall 5).
+            without changing the order of channels whose scores differ (docs/criteria.md, ties). The shift is added
+            to each layer's scores before the reduction (see :meth:`_break_ties`), so Torch-Pruning's contract
+            holds: the score for any ``group_reduction`` is that reduction of the ``group_reduction=None`` stack.
     """
 
     def __init__(
@@ -117,18 +120,86 @@ class ChannelScoreImportance(tp.importance.GroupMagnitudeImportance):
         scores = [scores[i] for i in order]
         norms = [norms[i] for i in order]
         roots = [roots[i] for i in order]
+        if self.tie_break:
+            scores = self._break_ties(scores, norms, roots)
         imp = self._reduce(scores, roots)
-        if self.tie_break and imp.dim() == 1:
-            imp = _break_ties(imp, self._reduce(norms, roots))
         imp = self._normalize(imp, self.normalizer)
         return torch.nan_to_num(imp, nan=0.0)  # 0/0 of an all-zero group under "mean"/"max" normalisers
 
+    def _reduce_as(self, reduction: str, scores: list[Tensor], roots: list[list[int]]) -> Tensor:
+        """Torch-Pruning's ``_reduce`` with another ``group_reduction`` (the same arithmetic, bit for bit)."""
+        other = copy.copy(self)
+        other.group_reduction = reduction
+        return other._reduce(scores, roots)
 
-def _break_ties(score: Tensor, key: Tensor) -> Tensor:
-    """Add ``key`` (min-max scaled to [0, 1]) times less than half the smallest gap between distinct scores."""
-    distinct = torch.unique(score)
-    gap = (distinct[1:] - distinct[:-1]).min() if distinct.numel() > 1 else score.abs().max().clamp_min(1.0)
-    span = key.max() - key.min()
-    if span <= 0:
-        return score
-    return score + 0.49 * gap * (key - key.min()) / span
+    def _break_ties(self, scores: list[Tensor], norms: list[Tensor], roots: list[list[int]]) -> list[Tensor]:
+        """Break exact ties by weight norm in every layer's scores, *before* the reduction.
+
+        Each layer gets ``eps * key``, ``key`` its channels' weight L2 norms min-max scaled to [0, 1] (0 when they
+        are all equal). ``eps`` is the same for every layer and for every reduction, so the ``group_reduction=None``
+        stack is the tie-broken per-layer scores and any reduction of it equals that reduction's score exactly
+        (Torch-Pruning's reduction contract). ``eps`` starts below half the smallest gap between distinct scores of
+        every layer and (divided by the number of layers) of every reduced score, and is halved until every
+        reduction of :data:`TIE_BREAK_REDUCTIONS` keeps the strict order of its unperturbed result: channels whose
+        scores differ never swap, in any layer or under any reduction; tied channels are ordered by weight norm
+        where float32 resolution allows it. When no ``eps`` qualifies the scores are returned unchanged.
+        """
+        keys = [_unit_scale(n.to(s.device, torch.float32)) for s, n in zip(scores, norms, strict=True)]
+        if not any(bool(k.any()) for k in keys):
+            return scores
+        before = {r: self._reduce_as(r, scores, roots) for r in TIE_BREAK_REDUCTIONS}
+        # a reduction that already overflows (a product of large scores) carries no order to preserve
+        before = {r: v for r, v in before.items() if bool(torch.isfinite(v).all())}
+        gaps = [g for s in scores if (g := _smallest_gap(s)) is not None]
+        gaps += [g / len(scores) for v in before.values() if (g := _smallest_gap(v)) is not None]
+        if gaps:
+            eps = 0.49 * min(gaps)
+        else:  # every layer and every reduction ties all channels: there is no strict order to keep
+            eps = 0.49 * max([1.0] + [float(s.abs().max()) for s in scores if s.numel()])
+        for _ in range(_MAX_HALVINGS):
+            broken = [s + eps * k for s, k in zip(scores, keys, strict=True)]
+            if all(_keeps_order(v, self._reduce_as(r, broken, roots)) for r, v in before.items()):
+                return broken
+            eps /= 2
+        return scores
+
+
+#: reductions whose strict order the tie-break must preserve (all of Torch-Pruning 1.6's 1-D reductions).
+TIE_BREAK_REDUCTIONS = ("mean", "sum", "max", "prod", "first", "gate")
+_MAX_HALVINGS = 24
+
+
+def _unit_scale(x: Tensor) -> Tensor:
+    """``x`` min-max scaled to [0, 1]; zeros when it is constant (or empty)."""
+    if x.numel() == 0:
+        return x
+    span = x.max() - x.min()
+    if not span > 0:
+        return torch.zeros_like(x)
+    return (x - x.min()) / span
+
+
+def _smallest_gap(x: Tensor) -> float | None:
+    """Smallest positive difference between distinct finite values of ``x``; ``None`` with fewer than two."""
+    distinct = torch.unique(x[torch.isfinite(x)])
+    if distinct.numel() < 2:
+        return None
+    return float((distinct[1:] - distinct[:-1]).min())
+
+
+def _keeps_order(before: Tensor, after: Tensor) -> bool:
+    """Whether ``before[a] < before[b]`` implies ``after[a] < after[b]`` for every pair of positions."""
+    if before.dim() != 1 or before.numel() < 2:
+        return True
+    order = torch.argsort(before, stable=True)
+    b, a = before[order], after[order]
+    if not torch.isfinite(a).all():
+        return False
+    level = torch.cat([b.new_zeros(1, dtype=torch.long), (b[1:] != b[:-1]).long()]).cumsum(0)
+    n = int(level[-1]) + 1
+    if n < 2:
+        return True
+    low = a.new_full((n,), float("inf")).scatter_reduce(0, level, a, "amin")
+    high = a.new_full((n,), float("-inf")).scatter_reduce(0, level, a, "amax")
+    return bool((high[:-1] < low[1:]).all())
+

@@ -23,13 +23,10 @@ class ConditionalEntropyImportance(GAPEntropyImportance):
     Needs labels: calibrate with ``(input, target)`` batches.
 
     :meth:`marginal_entropy` gives ``H(Z_j)`` per layer, for the paper's maximum-entropy filter freeze.
-    Inferred choices ([I], methods.md section 5): the per-filter surrogate ``H(Y | Z_j)`` (not the joint over the
+    Inferred choices ([I], docs/criteria.md): the per-filter surrogate ``H(Y | Z_j)`` (not the joint over the
     kept set), ``bins=8`` (``None`` gives ``clamp(n // (10 K), 2, 32)``, at least 10 images per (bin, class)
     cell), ``num_classes=None`` takes ``max(label) + 1``, measured at the layer's output (``where="output"``).
-    The real-data ablation (ResNet-56 on Fashion-MNIST, validation split, 2x MAC speed-up, BatchNorm
-    re-estimated, 256 calibration images) chose ``where="output"`` (+13.6 points over the consuming layers'
-    input) and ``bins=8`` (+3.2 over the automatic 2 bins at n = 256, just above the 2-SE threshold of 3.1);
-    quantile edges tied (+1.9). See docs/benchmarks.md.
+    These defaults were chosen by a real-data ablation (docs/benchmarks.md).
     """
 
     needs_labels = True

@@ -5,7 +5,7 @@ whatever the input dtype, and returns float32. Histogram counts are plain float3
 batches add up to the counts of their union, so they can be streamed over batches and summed across
 ``torch.distributed`` ranks before the entropy is taken.
 
-Conventions (see ``methods.md`` section 8):
+Conventions (docs/criteria.md, "Conventions and pitfalls"):
 
 * natural log; ``0 log 0 := 0`` through :func:`torch.special.xlogy` (never ``log(p + eps)``);
 * equal-width bins on ``[lo, hi]``; the maximum lands in the last bin, values outside ``[lo, hi]`` are

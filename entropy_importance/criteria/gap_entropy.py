@@ -28,14 +28,12 @@ class GAPEntropyImportance(DataDrivenImportance):
 
     Memory: the responses themselves are kept, at most ``max_samples`` images per layer (a seeded reservoir
     beyond that), ``max_samples * channels * 4`` bytes per layer; the histogram is taken at scoring time, so
-    batching does not change the result. Inferred choices ([I], methods.md section 1): ``bins=None`` gives
+    batching does not change the result. Inferred choices ([I], docs/criteria.md): ``bins=None`` gives
     ``clamp(round(sqrt(n)), 2, 100)`` (100 for n = 10 000); ``edges="channel"`` (per-channel min-max, the paper's
     "divide it into m bins"; ``"layer"`` and ``"quantile"`` are the alternatives); measured at the output of the
     conv/linear layer itself (``where="output"``; ``"input"`` reads the post-activation input of the consuming
-    layers instead). The real-data ablation (ResNet-56 on Fashion-MNIST, validation split, 2x MAC speed-up,
-    BatchNorm re-estimated) chose ``where="output"`` (+7.8 points over ``"input"``) and kept per-channel edges
-    (``"layer"`` -6.6, ``"quantile"`` -10.1) and the automatic bin count (16 bins tied, 64 bins -3.9); see
-    docs/benchmarks.md.
+    layers instead). These defaults were chosen by a real-data ablation (docs/benchmarks.md). At least two
+    calibration images are needed (one response per channel has entropy 0 for every channel).
     """
 
     min_images = 2

@@ -15,6 +15,7 @@ criteria are refreshed on each copy. Everything Torch-Pruning does runs inside :
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import re
@@ -321,8 +322,7 @@ class Engine:
                 raise _CriterionFailure(e) from e
 
         pruner.estimate_importance = tracking_estimate
-        with repairs(self.group_time_limit):
-            groups = pruner.step(interactive=True)
+        with repairs(self.group_time_limit), contextlib.closing(pruner.step(interactive=True)) as groups:
             while True:
                 try:
                     group = next(groups)

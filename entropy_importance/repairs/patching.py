@@ -111,9 +111,9 @@ def repairs(group_time_limit: float | None = GROUP_TIME_LIMIT) -> Iterator[None]
     if group_time_limit is not None and not (isinstance(group_time_limit, (int, float)) and group_time_limit > 0):
         raise ValueError(f"group_time_limit must be a number of seconds > 0 or None, got {group_time_limit!r}")
     _install()
-    previous = state.enter(group_time_limit)
+    token = state.enter(group_time_limit)
     try:
         yield
     finally:
-        state.leave(previous)
+        state.leave(token)
         _uninstall()

@@ -10,19 +10,32 @@ __all__ = ["active", "GroupFormationTimeout", "group_deadline"]
 _local = threading.local()
 
 
+def _entries() -> list:
+    entries = getattr(_local, "entries", None)
+    if entries is None:
+        entries = _local.entries = []
+    return entries
+
+
 def active() -> bool:
     """Whether the calling thread is inside a ``repairs()`` block."""
-    return getattr(_local, "depth", 0) > 0
+    return bool(getattr(_local, "entries", None))
 
 
-def enter(group_time_limit: float | None) -> tuple[int, float | None]:
-    previous = (getattr(_local, "depth", 0), getattr(_local, "limit", None))
-    _local.depth, _local.limit = previous[0] + 1, group_time_limit
-    return previous
+def enter(group_time_limit: float | None) -> object:
+    """Enter a block in this thread; returns the token that :func:`leave` takes. Blocks may end in any order (a
+    generator suspended inside one is closed later), so each entry is removed by its token, not by position."""
+    token = [group_time_limit]
+    _entries().append(token)
+    return token
 
 
-def leave(previous: tuple[int, float | None]) -> None:
-    _local.depth, _local.limit = previous
+def leave(token: object) -> None:
+    entries = _entries()
+    for k in range(len(entries) - 1, -1, -1):
+        if entries[k] is token:
+            del entries[k]
+            return
 
 
 class GroupFormationTimeout(RuntimeError):
@@ -30,6 +43,8 @@ class GroupFormationTimeout(RuntimeError):
 
 
 def group_deadline() -> float | None:
-    """``time.monotonic()`` after which forming the group that starts now fails, or None (no limit)."""
-    limit = getattr(_local, "limit", None)
+    """``time.monotonic()`` after which forming the group that starts now fails, or None (no limit): the limit of
+    the innermost block open in this thread."""
+    entries = getattr(_local, "entries", None)
+    limit = entries[-1][0] if entries else None
     return None if limit is None else time.monotonic() + limit

@@ -1,0 +1,55 @@
+"""Helpers shared by the tests: small models, seeded batches, state snapshots (`from conftest import ...`)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+
+def image_batches(n: int = 2, batch: int = 8, size: int = 32, classes: int = 10, seed: int = 0,
+                  channels: int = 3) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """``n`` seeded ``(images, labels)`` batches of random images and integer labels in ``[0, classes)``."""
+    g = torch.Generator().manual_seed(seed)
+    return [(torch.randn(batch, channels, size, size, generator=g), torch.randint(0, classes, (batch,), generator=g))
+            for _ in range(n)]
+
+
+def small_net() -> nn.Module:
+    """conv-BN-ReLU-conv-ReLU-GAP-linear on 3-channel images, 5 classes, seeded."""
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+                         nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                         nn.Linear(8, 5))
+
+
+def small_resnet() -> nn.Module:
+    """torchvision resnet18 with 10 classes, seeded, in eval mode."""
+    import torchvision
+
+    torch.manual_seed(0)
+    return torchvision.models.resnet18(num_classes=10).eval()
+
+
+def build_model(spec: str, size: int, num_classes: int | None = 10, **kwargs) -> nn.Module:
+    """A timm / torchvision model for ``size`` px inputs (timm models take ``img_size`` where they accept it), seeded,
+    in eval mode."""
+    from entropy_importance.models import create_model
+
+    torch.manual_seed(0)
+    if spec.startswith("timm:"):
+        try:
+            return create_model(spec, num_classes=num_classes, img_size=size, **kwargs).eval()
+        except TypeError:
+            torch.manual_seed(0)
+    return create_model(spec, num_classes=num_classes, **kwargs).eval()
+
+
+def state_of(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def same_state(model: nn.Module, state: dict[str, torch.Tensor]) -> bool:
+    """Whether ``model``'s state dict equals the snapshot (same keys, shapes and values)."""
+    now = model.state_dict()
+    return now.keys() == state.keys() and all(v.shape == state[k].shape and torch.equal(v, state[k])
+                                              for k, v in now.items())
