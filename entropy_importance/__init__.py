@@ -30,6 +30,7 @@ from .calibration import (
     requirements,
 )
 from .engine import Engine, EntropyPruner, PruneReport, prune, task_heads
+from .pipelines import create_pipeline, list_pipelines
 from .repairs import GroupFormationTimeout, repairs
 from .serialization import load_pruned, pruning_record, save_pruned
 
@@ -45,5 +46,5 @@ __all__ = [
     "PruneReport", "task_heads", "repairs", "GroupFormationTimeout", "save_pruned", "load_pruned", "pruning_record",
     "requirements", "CalibrationError", "NotCalibratedError", "StaleStatisticsError", "ChannelView",
     "channel_view", "ImportanceInfo", "create_importance", "get_importance_info", "list_importances",
-    "register_importance",
+    "register_importance", "create_pipeline", "list_pipelines",
 ]

@@ -285,7 +285,14 @@ def _rebuild(payload: dict, base_model: nn.Module | None, where: str) -> nn.Modu
                 if unknown is not None:
                     raise _Bad(f"the history names layer {unknown!r}, which the base model does not have")
                 graph = tp.DependencyGraph().build_dependency(model, inputs, verbose=False)
-                graph.load_pruning_history([tuple(h) for h in segment])
+                for name, out, idxs in segment:  # Torch-Pruning's load_pruning_history, each entry checked first
+                    module = modules[name]
+                    pruner = graph.get_pruner_of_module(module)
+                    width = pruner.get_out_channels(module) if out else pruner.get_in_channels(module)
+                    if idxs and (min(idxs) < 0 or (isinstance(width, int) and max(idxs) >= width)):
+                        raise _Bad(f"the history prunes channel {max(idxs)} of layer {name!r}, which has {width}")
+                    fn = pruner.prune_out_channels if out else pruner.prune_in_channels
+                    graph.get_pruning_group(module, fn, idxs).prune(record_history=False)
     except _Bad as e:
         raise ValueError(f"{where}: damaged pruned-model file: {e}") from None
     except Exception as e:  # noqa: BLE001 - indices out of range, a tampered history

@@ -295,7 +295,7 @@ class Engine:
             return EntropyPruner(work, self.example_inputs, self.importance, pruning_ratio=ratio,
                                  iterative_steps=steps, ignored_layers=ignored, num_heads=attention_num_heads(work),
                                  global_pruning=self.global_pruning, round_to=self.round_to,
-                                 group_time_limit=self.group_time_limit, **kwargs)
+                                 group_time_limit=self.group_time_limit, refresh=False, **kwargs)
 
     def _new_pruner(self, work: nn.Module, **schedule) -> EntropyPruner:
         try:
@@ -379,6 +379,23 @@ class Engine:
             if failure.formation or any(other in self.keep for other in copies):
                 for other in copies:
                     self.keep.setdefault(other, f"like {name}: {self.keep[name]}")
+
+    def group_scores(self, work: nn.Module, importance: Any | None = None) -> dict[str, torch.Tensor]:
+        """Each prunable group's score per root channel (``importance`` or the engine's, as Torch-Pruning's
+        pruner would compute it, normaliser included), keyed by the root layer's name; ``work`` is not changed.
+        The criterion is measured first when ``work`` is a fresh copy of the base (:meth:`measure`)."""
+        imp = self.importance if importance is None else importance
+        names = {m: n for n, m in work.named_modules()}
+        pruner = self._new_pruner(work, ratio=0.0)
+        scores: dict[str, torch.Tensor] = {}
+        with repairs(self.group_time_limit):
+            for group in pruner.DG.get_all_groups(ignored_layers=pruner.ignored_layers,
+                                                 root_module_types=pruner.root_module_types):
+                score = imp(group)
+                name = names.get(group[0].dep.target.module)
+                if score is not None and name is not None:
+                    scores[name] = score.detach().float().cpu()
+        return scores
 
     # ------------------------------------------------------------------------------------------ schedules
     def one_shot(self, ratio: float = 0.5, ratio_dict: Mapping[str, float] | None = None

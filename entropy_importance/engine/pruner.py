@@ -32,6 +32,7 @@ class EntropyPruner(tp.pruner.BasePruner):
     importance must already be calibrated on ``model``, and its statistics are used as they are (one step; a second
     raises the staleness error). A one-shot iterator as ``calibration_data`` is read once, up to
     ``calibration_batches`` batches, and kept. ``group_time_limit``: see :func:`~entropy_importance.repairs`.
+    ``refresh=False``: ``step()`` does not measure the criterion (the caller does).
     Every other argument is Torch-Pruning's.
     """
 
@@ -45,9 +46,11 @@ class EntropyPruner(tp.pruner.BasePruner):
         calibration_batches: int | None = None,
         calibration_device: torch.device | str | None = None,
         group_time_limit: float | None = None,
+        refresh: bool = True,
         **kwargs,
     ) -> None:
-        if calibration_data is None and requirements(importance).data and not getattr(importance, "calibrated", False):
+        if refresh and calibration_data is None and requirements(importance).data \
+                and not getattr(importance, "calibrated", False):
             raise ValueError(
                 f"{type(importance).__name__} needs data: pass calibration_data= (an iterable of batches)"
             )
@@ -55,12 +58,14 @@ class EntropyPruner(tp.pruner.BasePruner):
         self.calibration_batches = calibration_batches
         self.calibration_device = calibration_device
         self.group_time_limit = group_time_limit
+        self.refresh = refresh
         with repairs(group_time_limit):
             super().__init__(model, example_inputs, importance, **kwargs)
 
     def calibrate(self) -> None:
-        """Bring the importance up to date with the current model (nothing without ``calibration_data``)."""
-        if self.calibration_data is not None:
+        """Bring the importance up to date with the current model (nothing without ``calibration_data``, or with
+        ``refresh=False``: the caller measures it, as :class:`~entropy_importance.Engine` does)."""
+        if self.refresh and self.calibration_data is not None:
             refresh_importance(self.importance, self.model, self.calibration_data, self.calibration_batches,
                                self.calibration_device)
 
