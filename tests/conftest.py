@@ -53,3 +53,21 @@ def same_state(model: nn.Module, state: dict[str, torch.Tensor]) -> bool:
     now = model.state_dict()
     return now.keys() == state.keys() and all(v.shape == state[k].shape and torch.equal(v, state[k])
                                               for k, v in now.items())
+
+
+class CrossStage(nn.Module):
+    """A CSP stage: split, a residual block on one half, concat of both halves. Torch-Pruning 1.6 cannot infer
+    the width of the residual half, fails to build its graph, and maps the split's pieces to the wrong consumers."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.expand = nn.Conv2d(3, 32, 1)
+        self.block = nn.Conv2d(16, 16, 3, padding=1)
+        self.transition = nn.Conv2d(32, 8, 1)
+        self.fc = nn.Linear(8, 5)
+
+    def forward(self, x):
+        shortcut, residual = self.expand(x).chunk(2, 1)
+        residual = self.block(residual) + residual
+        return self.fc(self.transition(torch.cat([residual, shortcut], 1)).mean((2, 3)))

@@ -6,9 +6,8 @@ import threading
 
 import pytest
 import torch
-import torch.nn as nn
 import torch_pruning as tp
-from conftest import image_batches, same_state, small_net, small_resnet, state_of
+from conftest import CrossStage, image_batches, same_state, small_net, small_resnet, state_of
 
 from entropy_importance import (
     CalibrationError,
@@ -19,23 +18,6 @@ from entropy_importance import (
     repairs,
 )
 from entropy_importance.repairs import REPAIRED
-
-
-class CrossStage(nn.Module):
-    """A CSP stage: plain Torch-Pruning 1.6 cannot build its graph (the concat's widths), the repairs can."""
-
-    def __init__(self):
-        super().__init__()
-        torch.manual_seed(0)
-        self.expand = nn.Conv2d(3, 32, 1)
-        self.block = nn.Conv2d(16, 16, 3, padding=1)
-        self.transition = nn.Conv2d(32, 8, 1)
-        self.fc = nn.Linear(8, 5)
-
-    def forward(self, x):
-        shortcut, residual = self.expand(x).chunk(2, 1)
-        residual = self.block(residual) + residual
-        return self.fc(self.transition(torch.cat([residual, shortcut], 1)).mean((2, 3)))
 
 
 def _originals():

@@ -5,7 +5,7 @@ import copy
 import pytest
 import torch
 import torch.nn as nn
-from conftest import same_state, state_of
+from conftest import CrossStage, same_state, state_of
 
 from entropy_importance import PruneReport, create_importance, prune
 from entropy_importance.repairs import active as repairs_active
@@ -124,24 +124,6 @@ def test_prune_with_taylor_and_no_data_is_an_argument_error():
     with pytest.raises(ValueError, match="needs data: pass calibration_data"):
         prune(model, torch.randn(1, 3, 32, 32), "tp-taylor", ratio=0.3)
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
-
-
-class CrossStage(nn.Module):
-    """A CSP stage: split, a residual block on one half, concat of both halves. Torch-Pruning 1.6 cannot infer
-    the width of the residual half, fails to build its graph, and maps the split's pieces to the wrong consumers."""
-
-    def __init__(self):
-        super().__init__()
-        torch.manual_seed(0)
-        self.expand = nn.Conv2d(3, 32, 1)
-        self.block = nn.Conv2d(16, 16, 3, padding=1)
-        self.transition = nn.Conv2d(32, 8, 1)
-        self.fc = nn.Linear(8, 5)
-
-    def forward(self, x):
-        shortcut, residual = self.expand(x).chunk(2, 1)
-        residual = self.block(residual) + residual
-        return self.fc(self.transition(torch.cat([residual, shortcut], 1)).mean((2, 3)))
 
 
 def test_split_and_concat_widths_are_exact():
