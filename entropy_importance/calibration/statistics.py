@@ -17,8 +17,6 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from ..criteria.estimators import bin_scaled, count_rows, entropy_from_counts
-
 __all__ = ["LayerStatistic", "ResponseSamples", "MapEntropySum", "distributed_world"]
 
 
@@ -140,18 +138,47 @@ class ResponseSamples(LayerStatistic):
         self.seen = int(seen.item())
 
 
+#: values binned at a time by :class:`MapEntropySum` (cache-sized)
+_CHUNK_VALUES = 1 << 18
+
+
+def _positions(activation: Tensor, picks: Tensor) -> Tensor:
+    """``activation[i, :, picks[i]]`` for every image ``i``: ``(batch, channels, n)`` from ``(batch, channels, S)``."""
+    b, c, s = activation.shape
+    picks = picks.clamp_max_(s - 1)
+    tokens = activation.transpose(1, 2)
+    if tokens.is_contiguous():  # (batch, positions, channels) in memory (tokens, channels-last): copy whole rows
+        rows = picks + torch.arange(0, b * s, s, device=picks.device).unsqueeze(1)
+        return tokens.reshape(b * s, c).index_select(0, rows.view(-1)).view(b, -1, c).transpose(1, 2)
+    return activation.gather(2, picks.unsqueeze(1).expand(b, c, picks.shape[1]))
+
+
 class MapEntropySum(LayerStatistic):
     """Sum over images of the spatial histogram entropy of every feature map, and the image count.
 
     Per image and channel, the map's ``positions`` values are put in ``bins`` equal-width bins whose range is
     that image's range over the whole layer (``bin_range="layer"``: a flat map gets low entropy) or the map's
     own min/max (``bin_range="map"``). ``bins=None`` picks ``clamp(ceil(sqrt(positions)), 2, 64)``.
+
+    ``samples=None`` bins every position (exact). ``samples=P`` bins only ``P`` positions of maps larger than that,
+    drawn per image by jittered stratified sampling (one uniform position in each of ``P`` equal strata of the
+    flattened map; the same positions for all channels of an image, new ones for every image, from a generator
+    seeded with ``seed``); the bin range is still taken over all positions. The plug-in entropy of ``P`` values is
+    biased low by about ``(m - 1) / (2 P)`` (``m`` occupied bins, Miller 1955) where the exact one is biased by
+    ``(m - 1) / (2 S)`` (``S`` positions), so ``(m - 1) (1 / (2 P) - 1 / (2 S))`` is added to bring the sampled
+    entropy to the exact one's expectation.
     """
 
-    def __init__(self, channels: int, bins: int | None, bin_range: str) -> None:
+    def __init__(self, channels: int, bins: int | None, bin_range: str, samples: int | None = None,
+                 seed: int = 0) -> None:
         self.channels = channels
         self.bins = bins
         self.bin_range = bin_range
+        self.samples = samples
+        self.seed = seed
+        self._gen: torch.Generator | None = None
+        self._table: Tensor | None = None
+        self._table_key: tuple | None = None
         self.total: Tensor | None = None
         self.count = 0
 
@@ -159,19 +186,55 @@ class MapEntropySum(LayerStatistic):
     def num_images(self) -> int:
         return self.count
 
+    def _generator(self, device: torch.device) -> torch.Generator:
+        if self._gen is None or self._gen.device != device:
+            self._gen = torch.Generator(device=device).manual_seed(self.seed)
+        return self._gen
+
+    def _count_log_counts(self, n: int, s: int, device: torch.device) -> Tensor:
+        """``T[k] = k log k - [k > 0] n mm`` for ``k = 0 .. n``, ``mm = 1 / (2 n) - 1 / (2 s)`` the Miller-Madow shift
+        per occupied bin (0 when ``n = s``), so that ``log n - mm - sum_b T[count_b] / n`` is the entropy of a
+        histogram of ``n`` values moved to the ``s``-value plug-in's expectation."""
+        key = (n, s, device)
+        if self._table_key != key:
+            k = torch.arange(n + 1, dtype=torch.float64)
+            self._table = (torch.special.xlogy(k, k) - (k > 0).double() * (0.5 - 0.5 * n / s)).float().to(device)
+            self._table_key = key
+        return self._table
+
     def update(self, activation: Tensor, targets: Tensor | None) -> None:
         b, c, s = activation.shape
         if self.bins is None:
             self.bins = min(64, max(2, math.ceil(math.sqrt(s))))
-        rows = activation.reshape(b * c, s)
-        if self.bin_range == "layer":
-            flat = activation.reshape(b, c * s)
-            lo, hi = flat.amin(1).repeat_interleave(c), flat.amax(1).repeat_interleave(c)
-        else:
-            lo, hi = rows.amin(1), rows.amax(1)
-        # the calibration hook has checked finiteness already: count directly
-        counts = count_rows(bin_scaled(rows, lo, hi, self.bins), self.bins)
-        h = entropy_from_counts(counts).view(b, c).sum(0)
+        bins, cells = self.bins, self.bins + 1
+        device = activation.device
+        # bin range: the image's range over the layer, or the map's; the values binned below never leave it
+        dims = (1, 2) if self.bin_range == "layer" else 2
+        lo, hi = activation.amin(dims, keepdim=True), activation.amax(dims, keepdim=True)
+        span = hi - lo
+        scale = torch.where(span > 0, bins / span.clamp_min(1e-30), torch.zeros_like(span))  # finite: no 0 * inf
+        n = s if self.samples is None else min(s, self.samples)
+        values = activation
+        if n < s:  # one position in each of n equal strata of the flattened map, the same for all channels
+            strata = torch.rand(b, n, generator=self._generator(device), device=device)
+            values = _positions(activation, strata.add_(torch.arange(n, device=device)).mul_(s / n).long())
+        dtype = torch.int32 if b * c * cells < 2**31 else torch.int64
+        counts = torch.empty(b * c, cells, dtype=torch.long, device=device)
+        step = max(1, _CHUNK_VALUES // (c * n))  # images at a time: a chunk stays in cache through all passes
+        for i in range(0, b, step):
+            j = min(b, i + step)
+            # (x - lo) * bins / span lies in [0, bins] (x >= lo is exact in floating point): bin = its integer part,
+            # with the maximum, which lands on ``bins``, counted in the last bin; the hook has checked finiteness
+            part = values[i:j].sub_(lo[i:j]) if values is not activation else values[i:j] - lo[i:j]  # samples: a copy
+            cell = part.mul_(scale[i:j]).to(dtype)
+            cell += torch.arange(0, (j - i) * c * cells, cells, device=device, dtype=dtype).view(j - i, c, 1)
+            # counting ignores the order: read the cells in memory order (token layouts too), without a copy
+            cell = cell.view(-1) if cell.is_contiguous() else cell.transpose(1, 2).reshape(-1)
+            counts[i * c:j * c] = torch.bincount(cell, minlength=(j - i) * c * cells).view(-1, cells)
+        counts[:, bins - 1] += counts[:, bins]
+        table = self._count_log_counts(n, s, device)
+        count_log_count = table.index_select(0, counts[:, :bins].reshape(-1)).view(b * c, bins).sum(1)
+        h = count_log_count.mul_(-1 / n).add_(math.log(n) - (0.5 / n - 0.5 / s)).clamp_min_(0).view(b, c).sum(0)
         self.total = h if self.total is None else self.total + h
         self.count += b
 
