@@ -2,6 +2,7 @@
 
 * :func:`resnet56`: ResNet-56 with option-B shortcuts (1x1 conv + BN where the shape changes), the variant
   Torch-Pruning's CIFAR benchmarks prune (about 0.86 M parameters, 127 M MACs).
+* :func:`resnet110`: the same with 18 blocks per stage (about 1.73 M parameters, 253 M MACs).
 * :func:`vgg16_bn`: the VGG-16-BN layout of the HRank / CHIP papers: 13 conv-BN-ReLU layers, 2x2 average pool,
   Linear(512, 512) - BN1d - ReLU - Linear(512, classes) (about 15.0 M parameters).
 """
@@ -10,7 +11,7 @@ from __future__ import annotations
 
 import torch.nn as nn
 
-__all__ = ["resnet56", "vgg16_bn", "BasicBlock", "CifarResNet"]
+__all__ = ["resnet56", "resnet110", "vgg16_bn", "BasicBlock", "CifarResNet"]
 
 
 class BasicBlock(nn.Module):
@@ -60,6 +61,10 @@ class CifarResNet(nn.Module):
 
 def resnet56(num_classes: int = 10) -> CifarResNet:
     return CifarResNet(9, num_classes)
+
+
+def resnet110(num_classes: int = 10) -> CifarResNet:
+    return CifarResNet(18, num_classes)
 
 
 _VGG16 = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512)

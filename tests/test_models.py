@@ -58,12 +58,20 @@ def _build(spec, size):
     return build_model(spec, size, **BUILD_KWARGS.get(spec, {})), torch.randn(1, 3, size, size)
 
 
-CASES = [(spec, size, c) for spec, size in FAST_MODELS for c in CRITERIA]
+# Every criterion on these (each a different kind of dependency graph); on every other family the criterion whose
+# result is saved and reloaded (so every model's save / load is checked). The rest of the cross product is marked
+# slow (pytest -m slow runs it; scripts/sweep.py covers every timm family and torchvision model with every criterion).
+ALL_CRITERIA_ON = {"timm:resnet18", "timm:mobilenetv3_small_050", "timm:vit_tiny_patch16_224", "timm:cspresnet50",
+                   "timm:rexnet_100", "torchvision:ssdlite320_mobilenet_v3_large"}
 
 
-# The whole cross product runs in CI (about 8 minutes on 2 CPU cores); scripts/sweep.py covers every timm family
-# and torchvision model with every criterion.
-@pytest.mark.parametrize("spec, size, criterion", CASES, ids=[f"{spec}-{c}" for spec, _, c in CASES])
+SAVED = "information-capacity"
+CASES = [pytest.param(spec, size, c, id=f"{spec}-{c}",
+                      marks=() if spec in ALL_CRITERIA_ON or c == SAVED else pytest.mark.slow)
+         for spec, size in FAST_MODELS for c in CRITERIA]
+
+
+@pytest.mark.parametrize("spec, size, criterion", CASES)
 def test_prune_model(spec, size, criterion, tmp_path):
     model, x = _build(spec, size)
     reference = output_signature(forward(model, x), batch_size(x))
@@ -80,9 +88,6 @@ def test_prune_model(spec, size, criterion, tmp_path):
         assert _identical(forward(load_pruned(path), x), forward(pruned, x))
 
 
-SAVED = "information-capacity"
-
-
 def _identical(a, b) -> bool:
     if isinstance(a, torch.Tensor):
         return isinstance(b, torch.Tensor) and a.shape == b.shape and torch.equal(a, b)
@@ -93,7 +98,13 @@ def _identical(a, b) -> bool:
     return a == b
 
 
-@pytest.mark.parametrize("spec, size", FAST_MODELS, ids=[spec for spec, _ in FAST_MODELS])
+# the CLI on a plain CNN, a model needing --model-arg, a CSP model and a detector; every model is marked slow
+CLI_DEFAULT = {"timm:resnet18", "timm:swin_tiny_patch4_window7_224", "timm:cspresnet50",
+               "torchvision:ssdlite320_mobilenet_v3_large"}
+
+
+@pytest.mark.parametrize("spec, size", [pytest.param(spec, size, id=spec, marks=() if spec in CLI_DEFAULT
+                                                     else pytest.mark.slow) for spec, size in FAST_MODELS])
 def test_cli_prunes_model(spec, size, tmp_path, capsys):
     out, report = tmp_path / "pruned.pt", tmp_path / "report.json"
     args = [spec, "--criterion", SAVED, "--input-size", "3", str(size), str(size), "--out", str(out),

@@ -28,7 +28,7 @@ from ..repairs import GROUP_TIME_LIMIT
 from ..serialization import atomic_write, load_pruned, save_pruned
 
 __all__ = ["Stage", "StageReport", "PipelineReport", "Pipeline", "PipelineContext", "prunable_layers",
-           "resolve_ratios"]
+           "resolve_ratios", "ratio_keeping"]
 
 _LAYERS = (nn.modules.conv._ConvNd, nn.Linear)
 
@@ -147,6 +147,14 @@ def resolve_ratios(model: nn.Module, table: Mapping[str, float], layers: Iterabl
     return resolved
 
 
+def ratio_keeping(width: int, keep: int) -> float:
+    """The local pruning ratio with which Torch-Pruning keeps exactly ``keep`` of ``width`` channels (it keeps
+    ``int(width * (1 - ratio))``; the half channel guards against rounding of ``1 - keep / width``)."""
+    if not 1 <= keep <= width:
+        raise ValueError(f"cannot keep {keep} of {width} channels")
+    return 1.0 - (keep + 0.5) / width if keep < width else 0.0
+
+
 def _widths(model: nn.Module) -> dict[str, int]:
     return {n: (m.out_features if isinstance(m, nn.Linear) else m.out_channels)
             for n, m in model.named_modules() if isinstance(m, _LAYERS)}
@@ -178,6 +186,14 @@ class PipelineContext:
         """One one-shot engine step on the current model (``ratio`` for every group, ``ratio_dict`` per layer)."""
         engine = self.engine(**options)
         work, pruner = engine.one_shot(ratio, ratio_dict)
+        engine.finish(work, [pruner], 1, ratio, {"pipeline": self.pipeline.name})
+        self.model = work
+
+    def prune_to_speed_up(self, speed_up: float, **options: Any) -> None:
+        """One one-shot engine step at the smallest uniform ratio that makes the current model ``speed_up`` times
+        cheaper in MACs (:meth:`~entropy_importance.Engine.search_ratio`)."""
+        engine = self.engine(**options)
+        ratio, work, pruner = engine.search_ratio(speed_up)
         engine.finish(work, [pruner], 1, ratio, {"pipeline": self.pipeline.name})
         self.model = work
 
@@ -216,6 +232,8 @@ class PipelineContext:
     def _save(self) -> None:
         if self.checkpoint is None:
             return
+        if torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_rank():
+            return  # under DistributedDataParallel every process runs the pipeline alike; rank 0 writes
         save_pruned(self.checkpoint, self.model, {"pipeline_report": self.report.to_json(indent=None)})
 
 
@@ -258,7 +276,8 @@ class Pipeline:
             evaluate: ``evaluate(model) -> float`` (e.g. accuracy), after each stage.
             ratio / ratios / speed_up: the target, as the pipeline reads it (a uniform ratio, a per-layer table by
                 layer name or glob pattern, a MAC speed-up).
-            checkpoint: write the model and the report here after every stage (``save_pruned`` format).
+            checkpoint: write the model and the report here after every stage (``save_pruned`` format; under
+                ``torch.distributed`` only rank 0 writes).
             resume: continue from such a checkpoint (the stages it holds are not run again).
             report_path: write the final report as JSON here.
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from .base import Pipeline, PipelineContext, prunable_layers
+from .base import Pipeline, PipelineContext, prunable_layers, ratio_keeping, resolve_ratios
 
 __all__ = ["EFPPipeline", "select_maps"]
 
@@ -31,6 +31,12 @@ class EFPPipeline(Pipeline):
     every round; rounds repeat (each followed by ``finetune``) until ``rounds`` are done, the ``speed_up`` / ``ratio``
     target (overall channel ratio removed) is reached, or a round removes nothing. Scores are the criterion's
     group scores before normalisation (so that ``alpha x mean`` is a fraction of the layer's own entropy).
+
+    With a per-layer table (``ratios=``: the final fraction of each layer's original maps to remove, by layer name or
+    glob pattern), the table is a budget: each round drops what the selection module selects, at most down to the
+    layer's budget, and the last round drops whatever is left of it, so the final widths are the table's (the
+    selection module decides when each map goes and which; layers outside the table are not pruned). Reading [I]:
+    this is how a recipe reaches the paper's reported parameter and FLOP counts.
 
     Args:
         alpha: the selection threshold's fraction of the layer mean (e.g. 0.8).
@@ -56,9 +62,8 @@ class EFPPipeline(Pipeline):
         self.alpha, self.rounds, self.min_keep, self.min_keep_ratio = float(alpha), rounds, min_keep, min_keep_ratio
 
     def _check_target(self, model, ratio, ratios, speed_up) -> None:
-        if ratios:
-            raise ValueError("efp decides the per-layer ratios itself (the selection module): give ratio= or "
-                             "speed_up= as the overall target, or neither")
+        if ratios and (ratio is not None or speed_up is not None):
+            raise ValueError("give one target: ratios= (a per-layer budget), ratio= or speed_up= (overall)")
 
     def selection(self, ctx: PipelineContext, original: dict[str, int]) -> dict[str, float]:
         """One round's per-layer ratios (of the current widths) from the selection module."""
@@ -71,20 +76,43 @@ class EFPPipeline(Pipeline):
             keep = max(self.min_keep, math.ceil(self.min_keep_ratio * original.get(name, scores.numel())))
             drop = select_maps(scores, self.alpha, keep)
             if drop > 0:
-                table[name] = drop / scores.numel()
+                table[name] = ratio_keeping(scores.numel(), scores.numel() - drop)
         return table
 
     def _run(self, ctx: PipelineContext, ratio, ratios, speed_up) -> None:
         original = _out_widths(ctx.model)
         chosen = set(prunable_layers(ctx.model, self.heads))
-        for k in range(self.rounds):
-            if _reached(ctx, original, chosen, ratio, speed_up):
-                break
-            table = {n: r for n, r in self.selection(ctx, original).items() if n in chosen}
-            if not table:
-                break
-            ctx.stage("round", f"round {k + 1}", lambda table=table: ctx.prune(0.0, table))
+        if ratios:
+            budget = resolve_ratios(ctx.model, ratios, prunable_layers(ctx.model, self.heads))
+            # the widths the table leaves, as a one-shot prune of the table would (Torch-Pruning keeps int(c(1-r)))
+            final = {n: int(original[n] * (1 - r)) for n, r in budget.items() if r > 0}
+            self._run_budget(ctx, original, final)
+        else:
+            for k in range(self.rounds):
+                if _reached(ctx, original, chosen, ratio, speed_up):
+                    break
+                table = {n: r for n, r in self.selection(ctx, original).items() if n in chosen}
+                if not table:
+                    break
+                ctx.stage("round", f"round {k + 1}", lambda table=table: ctx.prune(0.0, table))
         ctx.stage("final", "final", None)
+
+    def _run_budget(self, ctx: PipelineContext, original: dict[str, int], final: dict[str, int]) -> None:
+        for k in range(self.rounds):
+            now = _out_widths(ctx.model)
+            left = {n: now[n] - keep for n, keep in final.items() if now[n] > keep}
+            if not left:
+                break
+            if k == self.rounds - 1:
+                drops = left
+            else:
+                drops = {}
+                for n, r in self.selection(ctx, original).items():
+                    if n in left:
+                        drops[n] = min(left[n], now[n] - int(now[n] * (1 - r)))
+            table = {n: ratio_keeping(now[n], now[n] - d) for n, d in drops.items() if d > 0}
+            if table:
+                ctx.stage("round", f"round {k + 1}", lambda table=table: ctx.prune(0.0, table))
 
 
 def _out_widths(model) -> dict[str, int]:

@@ -6,9 +6,12 @@ from typing import Any
 
 import torch.nn as nn
 
+from ..engine import tp_macs
 from .base import Pipeline, PipelineContext, Stage
 
 __all__ = ["TwoPhasePipeline"]
+
+_TOLERANCE = 0.05  # the overshoot of a speed-up target that a step may leave (Engine.search_ratio's)
 
 
 class TwoPhasePipeline(Pipeline):
@@ -19,7 +22,9 @@ class TwoPhasePipeline(Pipeline):
     ranking, per-layer normalised scores), each followed by ``finetune`` and ``evaluate``, while the metric stays
     within ``threshold`` of the unpruned model's (the step that crosses it ends the phase and is kept). Phase 2
     (``"layer-wise"``): steps of ``step_ratio`` in every layer until the target (``speed_up``, or ``ratio`` of the
-    original channels removed) is reached. Without ``evaluate`` phase 1 runs until the target. During every
+    original channels removed) is reached; with ``speed_up``, a step that overshoots it by more than 5 % is replaced
+    by one at the smallest ratio that reaches it (so the result lands on the target, within the engine's tolerance).
+    Without ``evaluate`` phase 1 runs until the target. During every
     fine-tune the ``freeze_fraction`` of each layer's channels with the highest marginal entropy ``H(Z_j)`` get no
     update (:func:`~entropy_importance.pipelines.freeze_max_entropy`). Readings [I]: the step size, the crossing step
     being kept, the freeze fraction (the paper's text is not available).
@@ -66,8 +71,8 @@ class TwoPhasePipeline(Pipeline):
             if _reached(ctx, original, ratio, speed_up):
                 break
             glob = phase == "global"
-            record = ctx.stage("step", f"{phase} {k + 1}", lambda glob=glob: ctx.prune(
-                self.step_ratio, global_pruning=glob), phase=phase)
+            record = ctx.stage("step", f"{phase} {k + 1}", lambda glob=glob: self._step(ctx, glob, speed_up),
+                               phase=phase)
             if glob and base is not None and record.metric is not None and base - record.metric > self.threshold:
                 phase = "layer-wise"
         else:
@@ -76,6 +81,19 @@ class TwoPhasePipeline(Pipeline):
                                    f"{self.step_ratio}; raise max_steps or step_ratio")
         ctx.stage("final", "final", None)
         ctx.finetune = finetune
+
+    def _step(self, ctx: PipelineContext, glob: bool, speed_up: float | None) -> None:
+        """One step of ``step_ratio``; where it overshoots the speed-up target by more than the engine's tolerance,
+        it is replaced by the step of the smallest ratio that reaches the target."""
+        before = ctx.model
+        ctx.prune(self.step_ratio, global_pruning=glob)
+        remaining = _remaining_speed_up(ctx, speed_up)
+        if remaining is None:
+            return
+        macs_before, macs_after = tp_macs(before, ctx.example_inputs), tp_macs(ctx.model, ctx.example_inputs)
+        if macs_before and macs_after and macs_before / macs_after > remaining * (1 + _TOLERANCE):
+            ctx.model = before
+            ctx.prune_to_speed_up(remaining, global_pruning=glob)
 
     def _frozen(self, finetune, ctx: PipelineContext):
         from .freeze import freeze_max_entropy
@@ -91,6 +109,14 @@ class TwoPhasePipeline(Pipeline):
 def _channels(model: nn.Module) -> int:
     return sum(m.out_channels if isinstance(m, nn.modules.conv._ConvNd) else m.out_features
                for m in model.modules() if isinstance(m, (nn.modules.conv._ConvNd, nn.Linear)))
+
+
+def _remaining_speed_up(ctx: PipelineContext, speed_up: float | None) -> float | None:
+    """The MAC speed-up still to gain on the current model, or None without a speed-up target or MAC counts."""
+    report = ctx.report
+    if speed_up is None or not report.macs_before or not report.macs_after:
+        return None
+    return speed_up * report.macs_after / report.macs_before
 
 
 def _reached(ctx: PipelineContext, original: int, ratio, speed_up) -> bool:

@@ -1,0 +1,83 @@
+"""The recipes' networks by name, checkpoints loaded with a clear error when they do not fit."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+
+import torch
+import torch.nn as nn
+import torchvision
+
+from entropy_importance.pipelines import replace_classifier_with_gap
+
+from .cifar_models import resnet56, resnet110, vgg16_bn
+
+__all__ = ["MODELS", "build_model", "load_checkpoint", "apply_transform", "RecipeError"]
+
+
+class RecipeError(ValueError):
+    """Bad input to a recipe run (unknown name, missing data, a checkpoint that does not fit, no CUDA): the CLI prints
+    the message on one line and exits with 2."""
+
+
+_CIFAR: dict[str, Callable[[int], nn.Module]] = {"cifar-vgg16": vgg16_bn, "cifar-resnet56": resnet56,
+                                                 "cifar-resnet110": resnet110}
+_TORCHVISION = ("vgg16", "resnet34", "resnet50")
+MODELS = (*_CIFAR, *_TORCHVISION)
+
+
+def build_model(name: str, num_classes: int, pretrained: bool = False) -> nn.Module:
+    """A fresh network: the CIFAR networks of :mod:`recipes.cifar_models`, or torchvision's ImageNet models
+    (``pretrained``: torchvision's ImageNet weights, downloaded once into torch's cache)."""
+    if name in _CIFAR:
+        if pretrained:
+            raise RecipeError(f"there are no pretrained weights for {name}: train it (the default) or give "
+                              "--checkpoint")
+        return _CIFAR[name](num_classes)
+    if name in _TORCHVISION:
+        if pretrained and num_classes != 1000:
+            raise RecipeError(f"torchvision's pretrained {name} has 1000 classes, not {num_classes}")
+        weights = "DEFAULT" if pretrained else None
+        return torchvision.models.get_model(name, weights=weights, num_classes=num_classes)
+    raise RecipeError(f"unknown model {name!r}; known: {', '.join(MODELS)}")
+
+
+def apply_transform(model: nn.Module, transform: str | None) -> nn.Module:
+    """The recipe's change of architecture before pruning (a copy), or ``model`` itself."""
+    if transform is None:
+        return model
+    if transform == "gap-classifier":
+        return replace_classifier_with_gap(model)
+    raise RecipeError(f"unknown transform {transform!r}")
+
+
+def load_checkpoint(model: nn.Module, path: str | os.PathLike, what: str) -> nn.Module:
+    """Load a state dict (plain, or under ``"model"`` / ``"state_dict"`` as training scripts save it) into
+    ``model``; raises :class:`RecipeError` when the file is unreadable or holds another architecture."""
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise RecipeError(f"checkpoint {path} does not exist") from None
+    except Exception as e:  # noqa: BLE001 - any unreadable file gets the same one-line error
+        raise RecipeError(f"checkpoint {path} cannot be read ({type(e).__name__}): give a state dict saved by "
+                          "torch.save") from None
+    state = payload
+    if isinstance(payload, dict):
+        for key in ("model", "state_dict"):
+            if isinstance(payload.get(key), dict):
+                state = payload[key]
+                break
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise RecipeError(f"checkpoint {path} is not a state dict")
+    state = {k.removeprefix("module."): v for k, v in state.items()}  # saved from DistributedDataParallel
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    wrong = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
+    if missing or unexpected or wrong:
+        example = (missing or unexpected or wrong)[0]
+        raise RecipeError(f"checkpoint {path} is not a {what}: {len(missing)} missing, {len(unexpected)} unexpected, "
+                          f"{len(wrong)} mis-shaped tensors (e.g. {example!r}); give a checkpoint of {what}")
+    model.load_state_dict(state)
+    return model

@@ -1,0 +1,223 @@
+"""The recipes' training engine: SGD schedules, AMP and channels_last on CUDA, DistributedDataParallel under
+``torchrun``, tqdm progress, a checkpoint every epoch and ``resume``, seeded data order, deterministic evaluation.
+
+One process per GPU (``torchrun --nproc-per-node N -m recipes run ...``); without ``torchrun`` one process. Every
+process holds the same model (DDP keeps them equal), sees its share of each epoch and writes nothing: only rank 0
+writes checkpoints and reports.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import statistics
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler, Subset
+from tqdm import tqdm
+
+from entropy_importance.serialization import atomic_write
+
+from .models import RecipeError
+from .recipe import Schedule
+
+__all__ = ["Runtime", "fit", "evaluate", "latency_ms", "learning_rate"]
+
+
+@dataclass
+class Runtime:
+    """Where training runs: the device, this process's rank among ``world`` processes, loader workers."""
+
+    device: torch.device
+    rank: int = 0
+    world: int = 1
+    workers: int = 0
+    quiet: bool = False
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def cuda(self) -> bool:
+        return self.device.type == "cuda"
+
+    @classmethod
+    def create(cls, device: str = "cpu", workers: int = 0, quiet: bool = False) -> Runtime:
+        """The runtime of this process: under ``torchrun`` (``WORLD_SIZE`` > 1) the process group is joined (NCCL
+        on CUDA, gloo on CPU) and each process takes GPU ``LOCAL_RANK``.
+
+        Raises:
+            RecipeError: CUDA asked for where there is none, or an unknown device.
+        """
+        try:
+            dev = torch.device(device)
+        except RuntimeError:
+            raise RecipeError(f"unknown device {device!r}: give cpu or cuda") from None
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            raise RecipeError("--device cuda was asked for, but this machine has no CUDA device: use --device cpu")
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        rank = 0
+        if world > 1:
+            if not dist.is_initialized():
+                dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
+            rank, world = dist.get_rank(), dist.get_world_size()
+            if dev.type == "cuda":
+                dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+                torch.cuda.set_device(dev)
+        return cls(dev, rank, world, workers, quiet or rank != 0)
+
+    def all_sum(self, values: list[float]) -> list[float]:
+        """``values`` summed over all processes (themselves when alone)."""
+        if self.world == 1:
+            return values
+        t = torch.tensor(values, dtype=torch.float64, device=self.device if self.cuda else "cpu")
+        dist.all_reduce(t)
+        return t.tolist()
+
+
+def learning_rate(schedule: Schedule, progress: float, epoch: float) -> float:
+    """The factor on ``schedule.lr`` at ``progress`` in [0, 1] of the run (``epoch``: epochs done, for step decay):
+    cosine ``(1 + cos(pi t)) / 2``, step ``0.1 ** (milestones passed)``, onecycle a linear warm-up over the first
+    30 % then cosine to zero."""
+    if schedule.decay == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+    if schedule.decay == "step":
+        return 0.1 ** sum(epoch >= m for m in schedule.milestones)
+    warm = 0.3
+    if progress < warm:
+        return 0.04 + 0.96 * progress / warm
+    return 0.5 * (1.0 + math.cos(math.pi * (progress - warm) / (1 - warm)))
+
+
+def _loader(dataset: Dataset, batch_size: int, runtime: Runtime, seed: int, epoch: int) -> DataLoader:
+    if runtime.world > 1:
+        sampler = DistributedSampler(dataset, runtime.world, runtime.rank, shuffle=True, seed=seed, drop_last=True)
+        sampler.set_epoch(epoch)
+    else:
+        sampler = RandomSampler(dataset, generator=torch.Generator().manual_seed(seed * 1000 + epoch))
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=runtime.workers,
+                      pin_memory=runtime.cuda, drop_last=True, persistent_workers=False)
+
+
+def _steps_per_epoch(dataset: Dataset, schedule: Schedule, runtime: Runtime) -> int:
+    per_process = len(dataset) // runtime.world
+    steps = per_process // schedule.batch_size
+    if steps < 1:
+        raise RecipeError(f"{len(dataset)} training images are fewer than one batch of {schedule.batch_size} per "
+                          f"process ({runtime.world} processes): use more data or a smaller batch")
+    return steps
+
+
+def _autocast(runtime: Runtime):
+    return torch.autocast("cuda", dtype=torch.bfloat16) if runtime.cuda else torch.autocast("cpu", enabled=False)
+
+
+def fit(model: nn.Module, dataset: Dataset, schedule: Schedule, runtime: Runtime, *, seed: int = 0,
+        checkpoint: str | os.PathLike | None = None, tag: str = "", resume: bool = False,
+        desc: str = "train") -> nn.Module:
+    """Train ``model`` in place by ``schedule`` (cross-entropy, SGD momentum 0.9) and return it in eval mode.
+
+    ``checkpoint``: after every epoch rank 0 writes the model, optimiser and position there (atomically); a run
+    ``resume``d with a checkpoint of the same ``tag`` (e.g. the stage it belongs to) continues from it.
+    """
+    model.to(runtime.device)
+    if runtime.cuda:
+        model.to(memory_format=torch.channels_last)
+    per_epoch = _steps_per_epoch(dataset, schedule, runtime)
+    total = schedule.steps if schedule.steps is not None else max(1, math.ceil(schedule.epochs * per_epoch))
+    opt = torch.optim.SGD(model.parameters(), lr=schedule.lr, momentum=0.9, weight_decay=schedule.weight_decay)
+    step = epoch = 0
+    path = Path(checkpoint) if checkpoint is not None else None
+    if resume and path is not None and path.exists():
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+        if saved.get("tag") == tag:
+            model.load_state_dict(saved["model"])
+            opt.load_state_dict(saved["optimizer"])
+            step, epoch = int(saved["step"]), int(saved["epoch"])
+    net = model
+    if runtime.world > 1:
+        net = DistributedDataParallel(model, device_ids=[runtime.device.index] if runtime.cuda else None)
+    net.train()
+    bar = tqdm(total=total, initial=step, desc=desc, unit="step", leave=False, disable=runtime.quiet)
+    while step < total:
+        for x, y in _loader(dataset, schedule.batch_size, runtime, seed, epoch):
+            if step == total:
+                break
+            for group in opt.param_groups:
+                group["lr"] = schedule.lr * learning_rate(schedule, step / total, step / per_epoch)
+            x, y = x.to(runtime.device, non_blocking=True), y.to(runtime.device, non_blocking=True)
+            if runtime.cuda:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with _autocast(runtime):
+                loss = F.cross_entropy(net(x), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            step += 1
+            bar.update()
+            bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
+        epoch += 1
+        if path is not None and runtime.is_main:
+            state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step, "epoch": epoch,
+                     "tag": tag}
+            atomic_write(path, lambda f, state=state: torch.save(state, f))
+    bar.close()
+    if runtime.world > 1:
+        dist.barrier()
+    return model.eval()
+
+
+def _shard(dataset: Dataset, runtime: Runtime) -> Dataset:
+    return dataset if runtime.world == 1 else Subset(dataset, range(runtime.rank, len(dataset), runtime.world))
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, dataset: Dataset, runtime: Runtime, batch_size: int = 256) -> float:
+    """Top-1 accuracy in percent over all of ``dataset`` (each process scores every ``world``-th image, no image
+    twice; the counts are summed), in eval mode, in a fixed order."""
+    model.to(runtime.device).eval()
+    correct = seen = 0
+    for x, y in DataLoader(_shard(dataset, runtime), batch_size=batch_size, shuffle=False,
+                           num_workers=runtime.workers, pin_memory=runtime.cuda):
+        x, y = x.to(runtime.device, non_blocking=True), y.to(runtime.device, non_blocking=True)
+        if runtime.cuda:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with _autocast(runtime):
+            correct += int((model(x).argmax(1) == y).sum())
+        seen += len(y)
+    correct, seen = runtime.all_sum([float(correct), float(seen)])
+    return 100.0 * correct / max(seen, 1.0)
+
+
+@torch.no_grad()
+def latency_ms(model: nn.Module, size: int, runtime: Runtime, batch: int = 1, repeats: int = 20) -> float:
+    """Median wall time of one forward pass of a ``batch x 3 x size x size`` input on the runtime's device, in
+    milliseconds (after warm-up; CUDA synchronised)."""
+    model.to(runtime.device).eval()
+    x = torch.randn(batch, 3, size, size, device=runtime.device)
+    times = []
+    for i in range(repeats + 3):
+        if runtime.cuda:
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        with _autocast(runtime):
+            model(x)
+        if runtime.cuda:
+            torch.cuda.synchronize()
+        if i >= 3:
+            times.append(1000.0 * (time.perf_counter() - t))
+    return statistics.median(times)
+
+
+def batches_of(dataset: Dataset, batch_size: int = 128) -> Iterator:
+    """``dataset`` in order, in batches (calibration data for the criteria)."""
+    yield from DataLoader(dataset, batch_size=batch_size, shuffle=False)
