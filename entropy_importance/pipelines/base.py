@@ -28,7 +28,7 @@ from ..repairs import GROUP_TIME_LIMIT
 from ..serialization import atomic_write, load_pruned, save_pruned
 
 __all__ = ["Stage", "StageReport", "PipelineReport", "Pipeline", "PipelineContext", "prunable_layers",
-           "resolve_ratios", "ratio_keeping"]
+           "resolve_ratios", "ratio_keeping", "layer_widths"]
 
 _LAYERS = (nn.modules.conv._ConvNd, nn.Linear)
 
@@ -155,7 +155,8 @@ def ratio_keeping(width: int, keep: int) -> float:
     return 1.0 - (keep + 0.5) / width if keep < width else 0.0
 
 
-def _widths(model: nn.Module) -> dict[str, int]:
+def layer_widths(model: nn.Module) -> dict[str, int]:
+    """``{layer name: output channels / features}`` of every conv and linear layer."""
     return {n: (m.out_features if isinstance(m, nn.Linear) else m.out_channels)
             for n, m in model.named_modules() if isinstance(m, _LAYERS)}
 
@@ -216,10 +217,10 @@ class PipelineContext:
             return self.done[index]
         stage = Stage(index, kind, name, phase)
         t = time.perf_counter()
-        before = _widths(self.model)
+        before = layer_widths(self.model)
         if action is not None:
             action()
-        after = _widths(self.model)
+        after = layer_widths(self.model)
         pruned = {n: before[n] - after.get(n, 0) for n in before if before[n] != after.get(n, 0)}
         if self.finetune is not None:
             self.finetune(self.model, stage)

@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from .base import Pipeline, PipelineContext, prunable_layers, ratio_keeping, resolve_ratios
+from .base import Pipeline, PipelineContext, layer_widths, prunable_layers, ratio_keeping, resolve_ratios
 
 __all__ = ["EFPPipeline", "select_maps"]
 
@@ -80,7 +80,7 @@ class EFPPipeline(Pipeline):
         return table
 
     def _run(self, ctx: PipelineContext, ratio, ratios, speed_up) -> None:
-        original = _out_widths(ctx.model)
+        original = layer_widths(ctx.model)
         chosen = set(prunable_layers(ctx.model, self.heads))
         if ratios:
             budget = resolve_ratios(ctx.model, ratios, prunable_layers(ctx.model, self.heads))
@@ -99,7 +99,7 @@ class EFPPipeline(Pipeline):
 
     def _run_budget(self, ctx: PipelineContext, original: dict[str, int], final: dict[str, int]) -> None:
         for k in range(self.rounds):
-            now = _out_widths(ctx.model)
+            now = layer_widths(ctx.model)
             left = {n: now[n] - keep for n, keep in final.items() if now[n] > keep}
             if not left:
                 break
@@ -115,17 +115,12 @@ class EFPPipeline(Pipeline):
                 ctx.stage("round", f"round {k + 1}", lambda table=table: ctx.prune(0.0, table))
 
 
-def _out_widths(model) -> dict[str, int]:
-    return {n: (m.out_features if isinstance(m, torch.nn.Linear) else m.out_channels)
-            for n, m in model.named_modules() if isinstance(m, (torch.nn.modules.conv._ConvNd, torch.nn.Linear))}
-
-
 def _reached(ctx: PipelineContext, original: dict[str, int], chosen: set[str], ratio, speed_up) -> bool:
     if speed_up is not None:
         report = ctx.report
         return report.speed_up is not None and report.speed_up >= speed_up
     if ratio is not None:
-        now = _out_widths(ctx.model)
+        now = layer_widths(ctx.model)
         total = sum(original[n] for n in chosen)
         return total > 0 and 1 - sum(now[n] for n in chosen) / total >= ratio
     return False

@@ -7,7 +7,7 @@ from typing import Any
 import torch.nn as nn
 
 from ..engine import tp_macs
-from .base import Pipeline, PipelineContext, Stage
+from .base import Pipeline, PipelineContext, Stage, layer_widths
 
 __all__ = ["TwoPhasePipeline"]
 
@@ -90,8 +90,9 @@ class TwoPhasePipeline(Pipeline):
         remaining = _remaining_speed_up(ctx, speed_up)
         if remaining is None:
             return
-        macs_before, macs_after = tp_macs(before, ctx.example_inputs), tp_macs(ctx.model, ctx.example_inputs)
-        if macs_before and macs_after and macs_before / macs_after > remaining * (1 + _TOLERANCE):
+        # the MACs of the model before this step are the last stage's (the report's), counted already
+        macs_after = tp_macs(ctx.model, ctx.example_inputs)
+        if macs_after and ctx.report.macs_after / macs_after > remaining * (1 + _TOLERANCE):
             ctx.model = before
             ctx.prune_to_speed_up(remaining, global_pruning=glob)
 
@@ -107,8 +108,7 @@ class TwoPhasePipeline(Pipeline):
 
 
 def _channels(model: nn.Module) -> int:
-    return sum(m.out_channels if isinstance(m, nn.modules.conv._ConvNd) else m.out_features
-               for m in model.modules() if isinstance(m, (nn.modules.conv._ConvNd, nn.Linear)))
+    return sum(layer_widths(model).values())
 
 
 def _remaining_speed_up(ctx: PipelineContext, speed_up: float | None) -> float | None:
