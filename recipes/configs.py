@@ -27,6 +27,20 @@ def _percent(factor: float) -> float:
 
 _CIFAR_TRAIN = Schedule(epochs=160, lr=0.1, batch_size=128, weight_decay=5e-4, decay="step", milestones=(80, 120))
 _IMAGENET_TRAIN = Schedule(epochs=90, lr=0.1, batch_size=256, weight_decay=1e-4, decay="step", milestones=(30, 60))
+# Luo & Wu after ThiNet: 1 epoch at 1e-3 after each layer, 12 epochs at the end
+_LUO_RECOVERY = Schedule(epochs=1, lr=1e-3, batch_size=256, weight_decay=1e-4, decay="step")
+_LUO_FINAL = Schedule(epochs=12, lr=1e-3, batch_size=256, weight_decay=1e-4, decay="step", milestones=(4, 8))
+
+
+def _cifar_finetune(epochs: int) -> Schedule:
+    """Fine-tuning on CIFAR: cosine from 0.01, batch 128, weight decay 5e-4."""
+    return Schedule(epochs=epochs, lr=0.01, batch_size=128, weight_decay=5e-4)
+
+
+def _imagenet_finetune(epochs: int) -> Schedule:
+    """Fine-tuning on ImageNet: cosine from 0.01, batch 256, weight decay 1e-4."""
+    return Schedule(epochs=epochs, lr=0.01, batch_size=256, weight_decay=1e-4)
+
 
 _RECIPES = [
     Recipe(
@@ -37,8 +51,7 @@ _RECIPES = [
         claim=Claim(params=_percent(16.64), macs=_percent(3.3), accuracy="about 1 % top-5 loss",
                     source="16.64x compression, 3.3x speed-up"),
         train=_IMAGENET_TRAIN,
-        recovery=Schedule(epochs=1, lr=1e-3, batch_size=256, weight_decay=1e-4, decay="step"),
-        final=Schedule(epochs=12, lr=1e-3, batch_size=256, weight_decay=1e-4, decay="step", milestones=(4, 8)),
+        recovery=_LUO_RECOVERY, final=_LUO_FINAL,
         calibration_images=10000,
         reading="50 % of the filters of conv1_1-conv4_3, conv5_x kept, the three FC layers replaced by global average "
                 "pooling and one classifier (these give the paper's 16.64x / 3.3x exactly); fine-tunes: 1 epoch at "
@@ -50,8 +63,7 @@ _RECIPES = [
         claim=Claim(params=_percent(1.47), macs=_percent(1.54), accuracy="about 1 % top-5 loss",
                     source="1.47x compression, 1.54x speed-up"),
         train=_IMAGENET_TRAIN,
-        recovery=Schedule(epochs=1, lr=1e-3, batch_size=256, weight_decay=1e-4, decay="step"),
-        final=Schedule(epochs=12, lr=1e-3, batch_size=256, weight_decay=1e-4, decay="step", milestones=(4, 8)),
+        recovery=_LUO_RECOVERY, final=_LUO_FINAL,
         calibration_images=10000,
         reading="the first two convolutions of every bottleneck pruned by 29 %, block outputs kept (ThiNet-style; "
                 "the ratio is ours, chosen to reach 1.47x / 1.54x) [I]."),
@@ -61,8 +73,8 @@ _RECIPES = [
         target={"ratios": _vgg_stages(0.2, 0.5, 0.5, 0.75, 0.9)},
         claim=Claim(params=92.9, macs=76.0, accuracy="no accuracy loss"),
         train=_CIFAR_TRAIN,
-        recovery=Schedule(epochs=30, lr=0.01, batch_size=128, weight_decay=5e-4),
-        final=Schedule(epochs=40, lr=0.01, batch_size=128, weight_decay=5e-4),
+        recovery=_cifar_finetune(30),
+        final=_cifar_finetune(40),
         calibration_images=1280,
         reading="4 rounds of the features selection module (maps below 0.8 x the layer mean), each followed by 30 "
                 "epochs of fine-tuning, within a per-layer budget by VGG stage (20/50/50/75/90 %, ours, chosen to "
@@ -73,7 +85,7 @@ _RECIPES = [
         target={"ratios": _vgg_stages(0.2, 0.2, 0.5, 0.85, 0.9)},
         claim=Claim(params=94.0, macs=None, accuracy="accuracy largely kept", source="about -94 % params"),
         train=_CIFAR_TRAIN, recovery=None,
-        final=Schedule(epochs=160, lr=0.01, batch_size=128, weight_decay=5e-4),
+        final=_cifar_finetune(160),
         reading="one-shot, data-free, a ratio per VGG stage (20/20/50/85/90 %, ours, chosen to reach about -94 % "
                 "params), then 160 epochs of fine-tuning [I]."),
     Recipe(
@@ -82,7 +94,7 @@ _RECIPES = [
         target={"ratios": {"layer*.conv1": 0.725}},
         claim=Claim(params=70.0, macs=None, accuracy="accuracy largely kept", source="about -70 % params"),
         train=_IMAGENET_TRAIN, recovery=None,
-        final=Schedule(epochs=90, lr=0.01, batch_size=256, weight_decay=1e-4),
+        final=_imagenet_finetune(90),
         reading="one-shot, data-free, the first convolution of every basic block pruned by 72.5 % (ours, chosen to "
                 "reach about -70 % params; block outputs kept), then 90 epochs of fine-tuning [I]."),
     Recipe(
@@ -91,7 +103,7 @@ _RECIPES = [
         target={"ratios": {"layer1.*.conv1": 0.74, "layer2.*.conv1": 0.73, "layer3.*.conv1": 0.675}},
         claim=Claim(params=69.4, macs=71.9, accuracy="+0.28 accuracy"),
         train=_CIFAR_TRAIN, recovery=None,
-        final=Schedule(epochs=300, lr=0.01, batch_size=128, weight_decay=5e-4),
+        final=_cifar_finetune(300),
         reading="one-shot, data-free, the first convolution of every block pruned by 74 / 73 / 67.5 % in the three "
                 "stages (ours, chosen to reach -69.4 % params / -71.9 % FLOPs), then 300 epochs of fine-tuning [I]."),
     Recipe(
@@ -101,7 +113,7 @@ _RECIPES = [
                            "layer4.*.conv[12]": 0.72}},
         claim=Claim(params=68.6, macs=76.6, accuracy="-2.80 top-1"),
         train=_IMAGENET_TRAIN, recovery=None,
-        final=Schedule(epochs=90, lr=0.01, batch_size=256, weight_decay=1e-4),
+        final=_imagenet_finetune(90),
         reading="one-shot, data-free, the first two convolutions of every bottleneck pruned by 85 / 80 / 78 / 72 % "
                 "in the four stages (ours, chosen to reach -68.6 % params / -76.6 % FLOPs), then 90 epochs [I]."),
     Recipe(
@@ -111,8 +123,8 @@ _RECIPES = [
         target={"speed_up": 10.0},
         claim=Claim(params=None, macs=90.0, accuracy="-2 % accuracy, -46 % inference time", source="10x FLOPs"),
         train=_CIFAR_TRAIN,
-        recovery=Schedule(epochs=20, lr=0.01, batch_size=128, weight_decay=5e-4),
-        final=Schedule(epochs=40, lr=0.01, batch_size=128, weight_decay=5e-4),
+        recovery=_cifar_finetune(20),
+        final=_cifar_finetune(40),
         calibration_images=5000, labels_needed=True,
         reading="CIFAR-10 is our reading of the paper's dataset; steps of 10 % of the channels, global ranking while "
                 "the accuracy stays within 2 points, then layer-wise, to 10x fewer MACs (the last step lands on the "
