@@ -10,6 +10,8 @@ import argparse
 import json
 import sys
 
+from entropy_importance.serialization import atomic_write
+
 from .configs import RECIPES, get_recipe
 from .models import RecipeError
 from .runner import RunOptions, run, structure_with_options
@@ -103,8 +105,6 @@ def main(argv: list[str] | None = None) -> int:
 
 def _write(path: str | None, results: list) -> None:
     if path:
-        from entropy_importance.serialization import atomic_write
-
         text = json.dumps(results, indent=1, default=str)
         atomic_write(path, lambda f: f.write(text.encode()))
 

@@ -6,24 +6,24 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn as nn
 
-from entropy_importance import create_pipeline, save_pruned
+from entropy_importance import create_pipeline, load_pruned, save_pruned
 from entropy_importance.engine import count_params, tp_macs
 from entropy_importance.pipelines import LayerByLayerPipeline, Stage
-from entropy_importance.serialization import atomic_write
+from entropy_importance.serialization import atomic_write, read_pruned
 
 from .data import load_data, synthetic_calibration
-from .models import apply_transform, build_model, load_checkpoint
+from .models import RecipeError, apply_transform, build_model, load_checkpoint
 from .recipe import SMOKE, Recipe, Schedule
 from .trainer import Runtime, batches_of, evaluate, fit, latency_ms
 
-__all__ = ["RunOptions", "structure", "run", "compare_to_paper", "TOLERANCE_PP"]
+__all__ = ["RunOptions", "structure", "run", "compare_to_paper", "load_result", "TOLERANCE_PP"]
 
 #: how close (percentage points) a structural reduction must come to the paper's
 TOLERANCE_PP = 1.0
@@ -171,14 +171,14 @@ def _prepare(recipe: Recipe, options: RunOptions):
     model = build_model(recipe.model, data.num_classes, options.pretrained)
     if options.checkpoint is not None:
         load_checkpoint(model, options.checkpoint, f"{recipe.model} with {data.num_classes} classes")
-    return runtime, data, size, model
+    return runtime, dataset, data, size, model
 
 
 def run(recipe: Recipe, options: RunOptions) -> dict[str, Any]:
     """The whole recipe: train the base network (unless ``checkpoint`` / ``pretrained``), run the pipeline with the
     recipe's fine-tunes (checkpointed after every epoch and stage; ``resume`` continues), evaluate, and write the
     report (JSON), the pruned model (``pruned.pt``, ``load_pruned`` reads it) and a plot into ``out``."""
-    runtime, data, size, model = _prepare(recipe, options)
+    runtime, dataset, data, size, model = _prepare(recipe, options)
     train_schedule, recovery, final = _schedules(recipe, options.smoke)
     out = Path(options.out or Path("runs") / (recipe.name + ("-smoke" if options.smoke else "")))
     if runtime.is_main:
@@ -208,13 +208,13 @@ def run(recipe: Recipe, options: RunOptions) -> dict[str, Any]:
         resume=pipeline_file if options.resume and pipeline_file.exists() else None, **recipe.target)
     result = compare_to_paper(recipe, params_before, count_params(pruned), macs_before, tp_macs(pruned, example))
     result.update(recipe=recipe.name, mode="smoke" if options.smoke else "full", device=str(runtime.device),
-                  processes=runtime.world, dataset="fashion-mnist" if options.smoke else data_name(recipe, options),
+                  processes=runtime.world, dataset=dataset,
                   input_size=size, accuracy_before=accuracy_before, accuracy_after=evaluate(pruned, data.test, runtime),
                   latency_before_ms=latency_before, latency_after_ms=latency_ms(pruned, size, runtime),
                   seconds=round(time.perf_counter() - t0, 1), pipeline=report.to_dict(), reading=recipe.reading)
     result["table"] = _table(recipe, result)
     if runtime.is_main:
-        save_pruned(out / "pruned.pt", pruned, {"recipe": recipe.name})
+        save_pruned(out / "pruned.pt", pruned, {"recipe": recipe.name, "num_classes": data.num_classes})
         result["plot"] = str(out / "stages.png") if _plot(result["pipeline"], out / "stages.png") else None
         text = json.dumps(result, indent=1, default=str)
         for path in {out / "result.json", Path(options.json_path) if options.json_path else None} - {None}:
@@ -222,8 +222,17 @@ def run(recipe: Recipe, options: RunOptions) -> dict[str, Any]:
     return result
 
 
-def data_name(recipe: Recipe, options: RunOptions) -> str:
-    return options.dataset or recipe.dataset
+def load_result(path: str | Path) -> nn.Module:
+    """The pruned network a run saved (``pruned.pt``): the recipe's unpruned architecture is rebuilt from the
+    file's metadata (the recipes' networks are not built by a timm / torchvision name) and the pruning replayed."""
+    from .configs import get_recipe
+
+    meta = read_pruned(path).get("meta", {})
+    if "recipe" not in meta or "num_classes" not in meta:
+        raise RecipeError(f"{path} was not written by a recipe run (no recipe in its metadata)")
+    recipe = get_recipe(meta["recipe"])
+    base = apply_transform(build_model(recipe.model, int(meta["num_classes"])), recipe.transform)
+    return load_pruned(path, base_model=base)
 
 
 def structure_with_options(recipe: Recipe, options: RunOptions) -> dict[str, Any]:
@@ -234,7 +243,4 @@ def structure_with_options(recipe: Recipe, options: RunOptions) -> dict[str, Any
         atomic_write(options.json_path, lambda f: f.write(text.encode()))
     return result
 
-
-def smoke_options(options: RunOptions) -> RunOptions:
-    return replace(options, smoke=True)
 

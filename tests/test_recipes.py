@@ -15,14 +15,13 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import Dataset, TensorDataset
 
-from entropy_importance import load_pruned
 from entropy_importance.data import find_fashion_mnist
 from recipes.__main__ import main
 from recipes.configs import RECIPES, get_recipe
 from recipes.data import load_data
 from recipes.models import RecipeError, build_model
 from recipes.recipe import Schedule
-from recipes.runner import structure
+from recipes.runner import load_result, structure
 from recipes.trainer import Runtime, evaluate, fit, learning_rate
 
 HAS_FMNIST = find_fashion_mnist() is not None
@@ -263,7 +262,7 @@ def test_smoke_run_end_to_end(tmp_path, capsys):
     result = json.loads((out / "result.json").read_text())
     assert result["accuracy_after"] > 20.0  # chance is 10 %: the pruned, fine-tuned network has learned
     assert abs(result["params_reduction"] - get_recipe("fec-vgg16-cifar10").claim.params) <= 1.0
-    pruned = load_pruned(out / "pruned.pt")
+    pruned = load_result(out / "pruned.pt")  # the recipe's architecture rebuilt, the pruning replayed
     assert sum(p.numel() for p in pruned.parameters()) == result["params_after"]
     assert "| accuracy |" in capsys.readouterr().out
 
