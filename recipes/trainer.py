@@ -164,7 +164,8 @@ def fit(model: nn.Module, dataset: Dataset, schedule: Schedule, runtime: Runtime
             opt.step()
             step += 1
             bar.update()
-            bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
+            if not bar.disable and (step % 50 == 0 or step == total):  # .item() waits for the GPU: not every step
+                bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
         epoch += 1
         if path is not None and runtime.is_main:
             state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step, "epoch": epoch,
