@@ -5,7 +5,6 @@ images (for the stage metrics), the test set and calibration images (no augmenta
 from __future__ import annotations
 
 import os
-import pickle
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset, Subset, TensorDataset
 
-from entropy_importance.data import fashion_mnist
+from entropy_importance.data import DataError, cifar10, fashion_mnist
 
 from .models import RecipeError
 
@@ -44,23 +43,16 @@ def _held_out(n: int, val_images: int, calibration_images: int) -> tuple[list[in
 
 
 def _cifar10(root: Path, download: bool):
-    import torchvision
     from torchvision import transforms as T
 
-    if not download and not (root / "cifar-10-batches-py").is_dir():
-        raise RecipeError(f"CIFAR-10 is not in {root} (no cifar-10-batches-py/ folder): give --data-dir DIR holding "
-                          "it, or --download")
     norm = T.Normalize(_CIFAR_MEAN, _CIFAR_STD)
     augment = T.Compose([T.RandomCrop(32, padding=4), T.RandomHorizontalFlip(), T.ToTensor(), norm])
     plain = T.Compose([T.ToTensor(), norm])
-    def make(train: bool, tf):
-        try:
-            return torchvision.datasets.CIFAR10(str(root), train=train, transform=tf, download=download)
-        except (RuntimeError, OSError, pickle.UnpicklingError, EOFError, KeyError) as e:
-            raise RecipeError(f"CIFAR-10 in {root} is incomplete or damaged ({str(e).splitlines()[0]}): remove it "
-                              "and pass --download") from None
-
-    return make(True, augment), make(True, plain), make(False, plain), 10
+    try:
+        return (cifar10(root, augment, download), cifar10(root, plain, download), cifar10(root, plain, download, False),
+                10)
+    except DataError as e:
+        raise RecipeError(str(e).replace("(--download)", "(--download), or give --data-dir DIR")) from None
 
 
 def _image_folder(root: Path, size: int):

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import math
 import os
-import statistics
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +22,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler, Subset
 from tqdm import tqdm
 
+from entropy_importance.latency import measure_latency
 from entropy_importance.serialization import atomic_write
 
 from .models import RecipeError
@@ -199,24 +198,12 @@ def evaluate(model: nn.Module, dataset: Dataset, runtime: Runtime, batch_size: i
     return 100.0 * correct / max(seen, 1.0)
 
 
-@torch.no_grad()
 def latency_ms(model: nn.Module, size: int, runtime: Runtime, batch: int = 1, repeats: int = 20) -> float:
     """Median wall time of one forward pass of a ``batch x 3 x size x size`` input on the runtime's device, in
-    milliseconds (after warm-up; CUDA synchronised)."""
-    model.to(runtime.device).eval()
-    x = torch.randn(batch, 3, size, size, device=runtime.device)
-    times = []
-    for i in range(repeats + 3):
-        if runtime.cuda:
-            torch.cuda.synchronize()
-        t = time.perf_counter()
-        with _autocast(runtime):
-            model(x)
-        if runtime.cuda:
-            torch.cuda.synchronize()
-        if i >= 3:
-            times.append(1000.0 * (time.perf_counter() - t))
-    return statistics.median(times)
+    milliseconds (after warm-up; CUDA synchronised; under the runtime's autocast)."""
+    model.to(runtime.device)
+    with _autocast(runtime):
+        return measure_latency(model, (3, size, size), batch, runs=repeats, warmup=3, device=runtime.device).median_ms
 
 
 def batches_of(dataset: Dataset, batch_size: int = 128) -> Iterator:

@@ -108,7 +108,7 @@ CLI_DEFAULT = {"timm:resnet18", "timm:swin_tiny_patch4_window7_224", "timm:cspre
 def test_cli_prunes_model(spec, size, tmp_path, capsys):
     out, report = tmp_path / "pruned.pt", tmp_path / "report.json"
     args = [spec, "--criterion", SAVED, "--input-size", "3", str(size), str(size), "--out", str(out),
-            "--json", str(report)]
+            "--json", str(report), "--latency-runs", "2", "--latency-batch-sizes", "2"]
     args += [] if spec.startswith("torchvision:ssd") else ["--num-classes", "10"]
     args += [f"--model-arg={k}={v}" for k, v in BUILD_KWARGS.get(spec, {}).items()]
     assert cli.main(args) == 0, capsys.readouterr().err

@@ -85,7 +85,8 @@ class DataDrivenImportance(ChannelScoreImportance):
 
     Args:
         where: ``"input"`` (post-activation input of the consuming layers, default) or ``"output"``.
-        needs_labels: calibration batches must carry integer class labels.
+
+    The class attribute ``needs_labels`` says whether calibration batches must carry integer class labels.
     """
 
     needs_labels: bool = False

@@ -58,7 +58,8 @@ def prune(
         ValueError / TypeError: bad arguments (nothing is copied or pruned).
         RuntimeError: the model could not be pruned within ``max_rounds`` / ``max_steps``, or its MACs cannot be
             counted for ``speed_up``.
-        The criterion's own errors and the calibration data's (your loader's) are raised as they are.
+
+    The criterion's own errors and the calibration data's (your loader's) are raised as they are.
     """
     if speed_up is not None and not (isinstance(speed_up, (int, float)) and math.isfinite(speed_up) and speed_up > 1):
         raise ValueError(f"speed_up must be a number > 1 (base MACs / pruned MACs), got {speed_up!r}")

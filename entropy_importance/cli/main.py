@@ -1,0 +1,154 @@
+"""``entropy-prune``: prune a timm / torchvision model (or a saved pruned model) with one criterion, and measure
+what it gained (params, MACs, latency)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+import torch.nn as nn
+from tqdm import tqdm
+
+from .. import __version__
+from ..criteria.registry import get_importance_info, list_importances
+from ..engine import count_macs, count_params, prune, stage_widths
+from ..latency import measure_latency, measure_onnx_latency
+from ..serialization import atomic_write, pruning_record, save_pruned
+from .arguments import CLIError, build_parser, validate
+from .inputs import load_calibration, load_model
+from .report import print_report
+
+__all__ = ["main", "run"]
+
+_WARMUP = 5
+
+
+class _ProgressBatches:
+    """Calibration batches that draw a tqdm bar each time the criterion reads them (re-iterable)."""
+
+    def __init__(self, batches: list, enabled: bool) -> None:
+        self.batches, self.enabled = batches, enabled
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __iter__(self) -> Iterator:
+        return iter(tqdm(self.batches, desc="calibration", unit="batch", leave=False, file=sys.stderr,
+                         disable=not self.enabled))
+
+
+@contextmanager
+def _stage(bar: tqdm, timings: dict[str, float], key: str, label: str) -> Iterator[None]:
+    bar.set_postfix_str(label)
+    t = time.perf_counter()
+    yield
+    timings[key] = time.perf_counter() - t
+    bar.update()
+
+
+def _summary(model: nn.Module, x: torch.Tensor) -> dict:
+    return {"params": count_params(model), "macs": count_macs(model, x), "widths": stage_widths(model, x)}
+
+
+def _latency(args: argparse.Namespace, models: dict[str, nn.Module], input_size: tuple[int, ...]) -> dict:
+    out: dict = {"device": args.device, "runs": args.latency_runs, "warmup": _WARMUP,
+                 "pytorch": {name: {} for name in models}}
+    for name, model in models.items():
+        for b in args.latency_batch_sizes:
+            t = measure_latency(model, input_size, b, runs=args.latency_runs, warmup=_WARMUP, device=args.device)
+            out["pytorch"][name][str(b)] = t.to_dict()
+    if args.onnx:
+        out["onnxruntime"] = {}
+        for name, model in models.items():
+            try:
+                timed = measure_onnx_latency(model, input_size, tuple(args.latency_batch_sizes),
+                                             runs=args.latency_runs, warmup=_WARMUP)
+            except RuntimeError as e:
+                raise CLIError(f"--onnx: the {name} model: {str(e).splitlines()[0]}") from None
+            out["onnxruntime"][name] = {str(t.batch_size): t.to_dict() for t in timed}
+    return out
+
+
+def _bar_enabled(args: argparse.Namespace) -> bool | None:
+    return False if args.quiet else None  # None: tqdm draws only on a terminal
+
+
+def run(args: argparse.Namespace) -> dict:
+    """Prune as ``args`` say and return the report (also written to ``--json``). Raises :class:`CLIError`."""
+    source = validate(args)
+    t0 = time.perf_counter()
+    loaded = load_model(args)
+    criterion = get_importance_info(args.criterion)
+    progress = not args.quiet and sys.stderr.isatty()
+    data = load_calibration(args, source, loaded, progress) if criterion.needs_data else None
+    model = loaded.model.to(args.device)
+    x = torch.randn(1, *loaded.input_size, device=args.device)
+    timings: dict[str, float] = {}
+    stages = 3 if args.no_latency else 4
+    with tqdm(total=stages, desc="entropy-prune", unit="stage", file=sys.stderr, disable=_bar_enabled(args)) as bar:
+        with _stage(bar, timings, "count_before_s", "counting (before)"):
+            before = _summary(model, x)
+        with _stage(bar, timings, "prune_s", "pruning"), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            try:
+                pruned, result = prune(model, x, args.criterion, ratio=args.ratio, speed_up=args.speed_up,
+                                       global_pruning=args.global_pruning, round_to=args.round_to,
+                                       calibration_data=None if data is None else _ProgressBatches(data, progress))
+            except (ValueError, TypeError) as e:
+                raise CLIError(str(e).splitlines()[0]) from None
+        with _stage(bar, timings, "count_after_s", "counting (after)"):
+            after = _summary(pruned, x)
+        latency = None
+        if not args.no_latency:
+            with _stage(bar, timings, "latency_s", "latency"):
+                latency = _latency(args, {"before": model, "after": pruned}, loaded.input_size)
+    meta = {"random_weights": loaded.weights == "random", "weights": loaded.weights, "criterion": args.criterion,
+            "ratio": result.ratio, "speed_up_target": args.speed_up, "global_pruning": args.global_pruning,
+            "entropy_importance": __version__}
+    if args.out:
+        save_pruned(args.out, pruned.cpu(), meta)
+    timings["total_s"] = time.perf_counter() - t0
+    record = pruning_record(pruned)
+    report = {
+        "model": args.model, "base_spec": record.base.spec if record.base else None, "criterion": args.criterion,
+        "ratio": result.ratio, "speed_up_target": args.speed_up, "speed_up": result.speed_up,
+        "global_pruning": args.global_pruning, "round_to": args.round_to, "input_size": list(loaded.input_size),
+        "weights": loaded.weights, "random_weights": loaded.weights == "random", "device": args.device,
+        "data": str(source) if data is not None else None,
+        "calibration_images": sum(len(y) for _, y in data) if data is not None else 0,
+        "before": before, "after": after, "latency": latency, "kept_unpruned": result.kept_unpruned,
+        "timings": timings, "out": args.out,
+    }
+    if args.json:
+        atomic_write(args.json, lambda f: f.write(json.dumps(report, indent=2).encode()))
+    return report
+
+
+def _list_criteria() -> None:
+    for name in list_importances():
+        info = get_importance_info(name)
+        needs = "labels" if info.needs_labels else "images" if info.needs_data else "data-free"
+        print(f"{name:30s}{needs:12s}{info.paper}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.list_criteria:
+        _list_criteria()
+        return 0
+    try:
+        report = run(args)
+    except CLIError as e:
+        print(f"entropy-prune: error: {e}", file=sys.stderr)
+        return 2
+    except RuntimeError as e:  # the model could not be pruned as asked
+        print(f"entropy-prune: error: {str(e).splitlines()[0]}", file=sys.stderr)
+        return 1
+    print_report(report)
+    return 0
