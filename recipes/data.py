@@ -16,7 +16,7 @@ from entropy_importance.data import DataError, cifar10, fashion_mnist
 
 from .models import RecipeError
 
-__all__ = ["DATASETS", "RecipeData", "load_data", "synthetic_calibration"]
+__all__ = ["DATASETS", "RecipeData", "held_out", "load_data", "synthetic_calibration"]
 
 DATASETS = ("cifar10", "imagenet", "fashion-mnist")
 _CIFAR_MEAN, _CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
@@ -32,7 +32,7 @@ class RecipeData:
     num_classes: int
 
 
-def _held_out(n: int, val_images: int, calibration_images: int) -> tuple[list[int], list[int], list[int]]:
+def held_out(n: int, val_images: int, calibration_images: int) -> tuple[list[int], list[int], list[int]]:
     """Train / validation / calibration indices of ``n`` training images (fixed seed; calibration images are
     training images, never validation ones)."""
     if val_images >= n:
@@ -113,7 +113,7 @@ def load_data(dataset: str, size: int, *, data_dir: str | os.PathLike | None = N
                                                          test_limit)
     else:
         raise RecipeError(f"unknown dataset {dataset!r}; known: {', '.join(DATASETS)}")
-    train_idx, val_idx, calib_idx = _held_out(len(plain), val_images, calibration_images)
+    train_idx, val_idx, calib_idx = held_out(len(plain), val_images, calibration_images)
     return RecipeData(Subset(augmented, train_idx), Subset(plain, val_idx), test, Subset(plain, calib_idx), classes)
 
 

@@ -24,12 +24,14 @@ class RecipeError(ValueError):
 _CIFAR: dict[str, Callable[[int], nn.Module]] = {"cifar-vgg16": vgg16_bn, "cifar-resnet56": resnet56,
                                                  "cifar-resnet110": resnet110}
 _TORCHVISION = ("vgg16", "resnet34", "resnet50")
-MODELS = (*_CIFAR, *_TORCHVISION)
+_DETECTORS = ("ssd300-vgg16",)
+MODELS = (*_CIFAR, *_TORCHVISION, *_DETECTORS)
 
 
 def build_model(name: str, num_classes: int, pretrained: bool = False) -> nn.Module:
-    """A fresh network: the CIFAR networks of :mod:`recipes.cifar_models`, or torchvision's ImageNet models
-    (``pretrained``: torchvision's ImageNet weights, downloaded once into torch's cache)."""
+    """A fresh network: the CIFAR networks of :mod:`recipes.cifar_models`, torchvision's ImageNet models
+    (``pretrained``: torchvision's ImageNet weights, downloaded once into torch's cache) or torchvision's SSD300
+    (``pretrained``: its ImageNet VGG-16 backbone)."""
     if name in _CIFAR:
         if pretrained:
             raise RecipeError(f"there are no pretrained weights for {name}: train it (the default) or give "
@@ -40,6 +42,10 @@ def build_model(name: str, num_classes: int, pretrained: bool = False) -> nn.Mod
             raise RecipeError(f"torchvision's pretrained {name} has 1000 classes, not {num_classes}")
         weights = "DEFAULT" if pretrained else None
         return torchvision.models.get_model(name, weights=weights, num_classes=num_classes)
+    if name == "ssd300-vgg16":
+        # as torchvision's detection reference: the ImageNet VGG-16 backbone when pretrained, the detector trained
+        return torchvision.models.detection.ssd300_vgg16(weights=None, num_classes=num_classes,
+                                                         weights_backbone="DEFAULT" if pretrained else None)
     raise RecipeError(f"unknown model {name!r}; known: {', '.join(MODELS)}")
 
 

@@ -62,10 +62,16 @@ class Recipe:
     calibration_images: int = 512
     labels_needed: bool = False
     reading: str = ""
+    task: str = "classification"
 
     @property
     def imagenet_scale(self) -> bool:
         return self.dataset == "imagenet"
+
+    @property
+    def metric(self) -> str:
+        """What the recipe's accuracy numbers are: top-1 accuracy in percent, or mAP at IoU 0.5 in percent."""
+        return "mAP@0.5" if self.task == "detection" else "top-1"
 
 
 @dataclass(frozen=True)
@@ -81,6 +87,10 @@ class SmokeSettings:
     calibration_images: int = 128
     train_lr: float = 0.05
     finetune_lr: float = 0.05
+    detection_batch_size: int = 2
+    detection_train_steps: int = 4
+    detection_final_steps: int = 2
+    detection_lr: float = 0.002
 
 
 SMOKE = SmokeSettings()

@@ -13,15 +13,17 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from entropy_importance import create_pipeline, load_pruned, save_pruned
+from entropy_importance import create_pipeline, load_pruned, requirements, save_pruned
 from entropy_importance.engine import count_params, tp_macs
 from entropy_importance.pipelines import LayerByLayerPipeline, Stage
 from entropy_importance.serialization import atomic_write, read_pruned
 
 from .data import load_data, synthetic_calibration
+from .detection import DETECTION, evaluate_map
 from .models import RecipeError, apply_transform, build_model, load_checkpoint
 from .recipe import SMOKE, Recipe, Schedule
-from .trainer import Runtime, batches_of, evaluate, fit, latency_ms
+from .trainer import CLASSIFICATION, Runtime, batches_of, evaluate, fit, latency_ms
+from .voc import voc_data
 
 __all__ = ["RunOptions", "structure", "run", "compare_to_paper", "load_result", "TOLERANCE_PP"]
 
@@ -92,7 +94,7 @@ def structure(recipe: Recipe, checkpoint: str | None = None, seed: int = 0) -> d
     example = torch.randn(1, 3, recipe.input_size, recipe.input_size)
     params_before, macs_before = count_params(model), tp_macs(model, example)
     work = apply_transform(model, recipe.transform)
-    images = 8 if recipe.imagenet_scale else 64
+    images = 8 if recipe.imagenet_scale or recipe.task == "detection" else 64
     calibration = synthetic_calibration(recipe.input_size, recipe.num_classes, images, seed)
     pruned, report = _pipeline(recipe, structure_only=True).run(work, example, calibration_data=calibration,
                                                                 **recipe.target)
@@ -110,6 +112,12 @@ def _smoke_schedule(schedule: Schedule | None, steps: int, lr: float, decay: str
 def _schedules(recipe: Recipe, smoke: bool) -> tuple[Schedule, Schedule | None, Schedule]:
     if not smoke:
         return recipe.train, recipe.recovery, recipe.final
+    if recipe.task == "detection":
+        def small(schedule: Schedule | None, steps: int) -> Schedule | None:
+            return None if schedule is None else Schedule(epochs=0, lr=SMOKE.detection_lr,
+                                                          batch_size=SMOKE.detection_batch_size, steps=steps)
+        return (small(recipe.train, SMOKE.detection_train_steps), small(recipe.recovery, 1),
+                small(recipe.final, SMOKE.detection_final_steps))
     return (_smoke_schedule(recipe.train, SMOKE.train_steps, SMOKE.train_lr, "onecycle"),
             _smoke_schedule(recipe.recovery, SMOKE.recovery_steps, SMOKE.finetune_lr, "cosine"),
             _smoke_schedule(recipe.final, SMOKE.final_steps, SMOKE.finetune_lr, "cosine"))
@@ -147,7 +155,8 @@ def _table(recipe: Recipe, result: dict) -> str:
 
     paper = result["paper"]
     rows = ["| | the paper | this run |", "|---|---|---|",
-            f"| accuracy | {paper['accuracy']} | {result['accuracy_before']:.2f} % -> {result['accuracy_after']:.2f} % "
+            f"| {recipe.metric} | {paper['accuracy']} | {result['accuracy_before']:.2f} % -> "
+            f"{result['accuracy_after']:.2f} % "
             f"({result['accuracy_after'] - result['accuracy_before']:+.2f}) |",
             f"| params | {pct(paper['params_reduction'])} | {pct(result['params_reduction'])} "
             f"({result['params_before'] / 1e6:.2f} M -> {result['params_after'] / 1e6:.2f} M) |",
@@ -160,13 +169,23 @@ def _table(recipe: Recipe, result: dict) -> str:
 def _prepare(recipe: Recipe, options: RunOptions):
     """Everything that can be wrong with the input, checked before anything is trained or written."""
     runtime = Runtime.create(options.device, options.workers, options.quiet)
-    dataset = "fashion-mnist" if options.smoke else (options.dataset or recipe.dataset)
-    size = (64 if recipe.imagenet_scale else 32) if dataset == "fashion-mnist" else recipe.input_size
-    limits = (SMOKE.train_images + 256, SMOKE.test_images) if options.smoke else (None, None)
-    val_images = 256 if options.smoke else (10000 if dataset == "imagenet" else 5000)
-    calibration = SMOKE.calibration_images if options.smoke else recipe.calibration_images
-    data = load_data(dataset, size, data_dir=options.data_dir, download=options.download, val_images=val_images,
-                     calibration_images=calibration, train_limit=limits[0], test_limit=limits[1])
+    if recipe.task == "detection":
+        if options.dataset not in (None, recipe.dataset):
+            raise RecipeError(f"{recipe.name} is a detection recipe: it runs on {recipe.dataset} only")
+        if requirements(create_pipeline(recipe.pipeline, **recipe.pipeline_options).importance).data:
+            raise RecipeError(f"{recipe.name}: detection recipes take data-free criteria")
+        data = voc_data(options.data_dir, options.download, val_images=1 if options.smoke else 500,
+                        smoke=options.smoke)
+        dataset, size = recipe.dataset, recipe.input_size
+    else:
+        dataset = "fashion-mnist" if options.smoke else (options.dataset or recipe.dataset)
+        size = (64 if recipe.imagenet_scale else 32) if dataset == "fashion-mnist" else recipe.input_size
+        limits = (SMOKE.train_images + 256, SMOKE.test_images) if options.smoke else (None, None)
+        val_images = 256 if options.smoke else (10000 if dataset == "imagenet" else 5000)
+        calibration = SMOKE.calibration_images if options.smoke else recipe.calibration_images
+        data = load_data(dataset, size, data_dir=options.data_dir, download=options.download,
+                         val_images=val_images, calibration_images=calibration, train_limit=limits[0],
+                         test_limit=limits[1])
     torch.manual_seed(options.seed)
     model = build_model(recipe.model, data.num_classes, options.pretrained)
     if options.checkpoint is not None:
@@ -174,24 +193,33 @@ def _prepare(recipe: Recipe, options: RunOptions):
     return runtime, dataset, data, size, model
 
 
+def _measures(recipe: Recipe, runtime: Runtime):
+    """(training task, metric in percent on a dataset) of the recipe's task."""
+    if recipe.task == "detection":
+        return DETECTION, lambda m, ds: 100.0 * evaluate_map(m, ds, runtime)
+    return CLASSIFICATION, lambda m, ds: evaluate(m, ds, runtime)
+
+
 def run(recipe: Recipe, options: RunOptions) -> dict[str, Any]:
     """The whole recipe: train the base network (unless ``checkpoint`` / ``pretrained``), run the pipeline with the
     recipe's fine-tunes (checkpointed after every epoch and stage; ``resume`` continues), evaluate, and write the
     report (JSON), the pruned model (``pruned.pt``, ``load_pruned`` reads it) and a plot into ``out``."""
     runtime, dataset, data, size, model = _prepare(recipe, options)
+    task, measure = _measures(recipe, runtime)
     train_schedule, recovery, final = _schedules(recipe, options.smoke)
+    repeats = 5 if options.smoke and recipe.task == "detection" else 20
     out = Path(options.out or Path("runs") / (recipe.name + ("-smoke" if options.smoke else "")))
     if runtime.is_main:
         out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     if options.checkpoint is None and not options.pretrained:
         fit(model, data.train, train_schedule, runtime, seed=options.seed, checkpoint=out / "base-training.pt",
-            tag="base", resume=options.resume, desc=f"{recipe.name}: base")
+            tag="base", resume=options.resume, desc=f"{recipe.name}: base", task=task)
     model.to(runtime.device).eval()
     example = torch.randn(1, 3, size, size, device=runtime.device)
     params_before, macs_before = count_params(model), tp_macs(model, example)
-    accuracy_before = evaluate(model, data.test, runtime)
-    latency_before = latency_ms(model, size, runtime)
+    accuracy_before = measure(model, data.test)
+    latency_before = latency_ms(model, size, runtime, repeats=repeats)
     work = apply_transform(model, recipe.transform)
 
     def finetune(m: nn.Module, stage: Stage) -> None:
@@ -199,18 +227,19 @@ def run(recipe: Recipe, options: RunOptions) -> dict[str, Any]:
         if schedule is not None:
             fit(m, data.train, schedule, runtime, seed=options.seed + 1 + stage.index,
                 checkpoint=out / "finetune.pt", tag=f"stage {stage.index}", resume=options.resume,
-                desc=f"{recipe.name}: {stage.name}")
+                desc=f"{recipe.name}: {stage.name}", task=task)
 
     pipeline_file = out / "pipeline.pt"
     pruned, report = _pipeline(recipe, structure_only=False).run(
-        work, example, calibration_data=list(batches_of(data.calibration)), finetune=finetune,
-        evaluate=lambda m: evaluate(m, data.val, runtime), checkpoint=pipeline_file,
+        work, example, calibration_data=list(batches_of(data.calibration)) if len(data.calibration) else None,
+        finetune=finetune, evaluate=lambda m: measure(m, data.val), checkpoint=pipeline_file,
         resume=pipeline_file if options.resume and pipeline_file.exists() else None, **recipe.target)
     result = compare_to_paper(recipe, params_before, count_params(pruned), macs_before, tp_macs(pruned, example))
     result.update(recipe=recipe.name, mode="smoke" if options.smoke else "full", device=str(runtime.device),
                   processes=runtime.world, dataset=dataset,
-                  input_size=size, accuracy_before=accuracy_before, accuracy_after=evaluate(pruned, data.test, runtime),
-                  latency_before_ms=latency_before, latency_after_ms=latency_ms(pruned, size, runtime),
+                  input_size=size, metric=recipe.metric, accuracy_before=accuracy_before,
+                  accuracy_after=measure(pruned, data.test), latency_before_ms=latency_before,
+                  latency_after_ms=latency_ms(pruned, size, runtime, repeats=repeats),
                   seconds=round(time.perf_counter() - t0, 1), pipeline=report.to_dict(), reading=recipe.reading)
     result["table"] = _table(recipe, result)
     if runtime.is_main:

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -28,7 +29,7 @@ from entropy_importance.serialization import atomic_write
 from .models import RecipeError
 from .recipe import Schedule
 
-__all__ = ["Runtime", "fit", "evaluate", "latency_ms", "learning_rate"]
+__all__ = ["Runtime", "Task", "CLASSIFICATION", "fit", "evaluate", "latency_ms", "learning_rate", "autocast", "shard"]
 
 
 @dataclass
@@ -83,6 +84,28 @@ class Runtime:
         return t.tolist()
 
 
+def _classification_loss(net: nn.Module, batch, runtime: Runtime) -> torch.Tensor:
+    x, y = batch
+    x, y = x.to(runtime.device, non_blocking=True), y.to(runtime.device, non_blocking=True)
+    if runtime.cuda:
+        x = x.contiguous(memory_format=torch.channels_last)
+    return F.cross_entropy(net(x), y)
+
+
+@dataclass(frozen=True)
+class Task:
+    """What a training step computes: ``loss(net, batch, runtime)`` on a batch the loader built with ``collate``
+    (None: PyTorch's default)."""
+
+    name: str
+    loss: Callable[[nn.Module, Any, Runtime], torch.Tensor]
+    collate: Callable | None = None
+
+
+#: cross-entropy on ``(images, labels)`` batches
+CLASSIFICATION = Task("classification", _classification_loss)
+
+
 def learning_rate(schedule: Schedule, progress: float, epoch: float) -> float:
     """The factor on ``schedule.lr`` at ``progress`` in [0, 1] of the run (``epoch``: epochs done, for step decay):
     cosine ``(1 + cos(pi t)) / 2``, step ``0.1 ** (milestones passed)``, onecycle a linear warm-up over the first
@@ -97,14 +120,15 @@ def learning_rate(schedule: Schedule, progress: float, epoch: float) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * (progress - warm) / (1 - warm)))
 
 
-def _loader(dataset: Dataset, batch_size: int, runtime: Runtime, seed: int, epoch: int) -> DataLoader:
+def _loader(dataset: Dataset, batch_size: int, runtime: Runtime, seed: int, epoch: int,
+            collate: Callable | None = None) -> DataLoader:
     if runtime.world > 1:
         sampler = DistributedSampler(dataset, runtime.world, runtime.rank, shuffle=True, seed=seed, drop_last=True)
         sampler.set_epoch(epoch)
     else:
         sampler = RandomSampler(dataset, generator=torch.Generator().manual_seed(seed * 1000 + epoch))
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=runtime.workers,
-                      pin_memory=runtime.cuda, drop_last=True, persistent_workers=False)
+                      pin_memory=runtime.cuda, drop_last=True, persistent_workers=False, collate_fn=collate)
 
 
 def _steps_per_epoch(dataset: Dataset, schedule: Schedule, runtime: Runtime) -> int:
@@ -116,14 +140,16 @@ def _steps_per_epoch(dataset: Dataset, schedule: Schedule, runtime: Runtime) -> 
     return steps
 
 
-def _autocast(runtime: Runtime):
+def autocast(runtime: Runtime):
+    """bf16 autocast on CUDA, nothing on CPU."""
     return torch.autocast("cuda", dtype=torch.bfloat16) if runtime.cuda else torch.autocast("cpu", enabled=False)
 
 
 def fit(model: nn.Module, dataset: Dataset, schedule: Schedule, runtime: Runtime, *, seed: int = 0,
         checkpoint: str | os.PathLike | None = None, tag: str = "", resume: bool = False,
-        desc: str = "train") -> nn.Module:
-    """Train ``model`` in place by ``schedule`` (cross-entropy, SGD momentum 0.9) and return it in eval mode.
+        desc: str = "train", task: Task = CLASSIFICATION) -> nn.Module:
+    """Train ``model`` in place by ``schedule`` (``task``'s loss, cross-entropy by default; SGD momentum 0.9) and
+    return it in eval mode.
 
     ``checkpoint``: after every epoch rank 0 writes the model, optimiser and position there (atomically); a run
     ``resume``d with a checkpoint of the same ``tag`` (e.g. the stage it belongs to) continues from it.
@@ -148,16 +174,13 @@ def fit(model: nn.Module, dataset: Dataset, schedule: Schedule, runtime: Runtime
     net.train()
     bar = tqdm(total=total, initial=step, desc=desc, unit="step", leave=False, disable=runtime.quiet)
     while step < total:
-        for x, y in _loader(dataset, schedule.batch_size, runtime, seed, epoch):
+        for batch in _loader(dataset, schedule.batch_size, runtime, seed, epoch, task.collate):
             if step == total:
                 break
             for group in opt.param_groups:
                 group["lr"] = schedule.lr * learning_rate(schedule, step / total, step / per_epoch)
-            x, y = x.to(runtime.device, non_blocking=True), y.to(runtime.device, non_blocking=True)
-            if runtime.cuda:
-                x = x.contiguous(memory_format=torch.channels_last)
-            with _autocast(runtime):
-                loss = F.cross_entropy(net(x), y)
+            with autocast(runtime):
+                loss = task.loss(net, batch, runtime)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -176,7 +199,8 @@ def fit(model: nn.Module, dataset: Dataset, schedule: Schedule, runtime: Runtime
     return model.eval()
 
 
-def _shard(dataset: Dataset, runtime: Runtime) -> Dataset:
+def shard(dataset: Dataset, runtime: Runtime) -> Dataset:
+    """This process's share of ``dataset`` (every ``world``-th item)."""
     return dataset if runtime.world == 1 else Subset(dataset, range(runtime.rank, len(dataset), runtime.world))
 
 
@@ -186,12 +210,12 @@ def evaluate(model: nn.Module, dataset: Dataset, runtime: Runtime, batch_size: i
     twice; the counts are summed), in eval mode, in a fixed order."""
     model.to(runtime.device).eval()
     correct = seen = 0
-    for x, y in DataLoader(_shard(dataset, runtime), batch_size=batch_size, shuffle=False,
+    for x, y in DataLoader(shard(dataset, runtime), batch_size=batch_size, shuffle=False,
                            num_workers=runtime.workers, pin_memory=runtime.cuda):
         x, y = x.to(runtime.device, non_blocking=True), y.to(runtime.device, non_blocking=True)
         if runtime.cuda:
             x = x.contiguous(memory_format=torch.channels_last)
-        with _autocast(runtime):
+        with autocast(runtime):
             correct += int((model(x).argmax(1) == y).sum())
         seen += len(y)
     correct, seen = runtime.all_sum([float(correct), float(seen)])
@@ -202,7 +226,7 @@ def latency_ms(model: nn.Module, size: int, runtime: Runtime, batch: int = 1, re
     """Median wall time of one forward pass of a ``batch x 3 x size x size`` input on the runtime's device, in
     milliseconds (after warm-up; CUDA synchronised; under the runtime's autocast)."""
     model.to(runtime.device)
-    with _autocast(runtime):
+    with autocast(runtime):
         return measure_latency(model, (3, size, size), batch, runs=repeats, warmup=3, device=runtime.device).median_ms
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from benchmarks.curated import build_model  # noqa: F401 - shared with the tests that import it from here
+
 
 def image_batches(n: int = 2, batch: int = 8, size: int = 32, classes: int = 10, seed: int = 0,
                   channels: int = 3) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -28,20 +30,6 @@ def small_resnet() -> nn.Module:
 
     torch.manual_seed(0)
     return torchvision.models.resnet18(num_classes=10).eval()
-
-
-def build_model(spec: str, size: int, num_classes: int | None = 10, **kwargs) -> nn.Module:
-    """A timm / torchvision model for ``size`` px inputs (timm models take ``img_size`` where they accept it), seeded,
-    in eval mode."""
-    from entropy_importance.models import create_model
-
-    torch.manual_seed(0)
-    if spec.startswith("timm:"):
-        try:
-            return create_model(spec, num_classes=num_classes, img_size=size, **kwargs).eval()
-        except TypeError:
-            torch.manual_seed(0)
-    return create_model(spec, num_classes=num_classes, **kwargs).eval()
 
 
 def state_of(model: nn.Module) -> dict[str, torch.Tensor]:

@@ -196,6 +196,11 @@ def test_cli_bad_data_and_weights_are_one_line(tmp_path, capsys):
         assert main(small + args) == 2, args
         err = capsys.readouterr().err.strip()
         assert err.count("\n") == 0 and message in err, (args, err)
+    # a damaged saved model given as MODEL
+    capsys.readouterr()
+    assert main([str(tmp_path / "noise.pt"), "--no-latency", "--out", str(work / "o.pt")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "noise.pt" in err, err
     assert list(work.iterdir()) == []  # nothing written
 
 

@@ -6,56 +6,17 @@ import json
 
 import pytest
 import torch
-from conftest import build_model
 
+from benchmarks.curated import BUILD_KWARGS, CURATED_MODELS, build_curated
 from entropy_importance import cli, list_importances, load_pruned, prune, save_pruned
 from entropy_importance.engine import batch_size, count_params, forward, output_signature, tp_macs
 
 CRITERIA = list_importances(source="entropy-importance")
 
-# (spec, input size): one small model per family, each pruned in seconds on 2 CPU cores
-FAST_MODELS = [
-    ("timm:resnet18", 64),               # plain CNN, residual
-    ("timm:seresnet18", 64),             # squeeze-excitation
-    ("timm:resnext26ts", 64),            # grouped conv
-    ("timm:mobilenetv2_050", 64),        # depthwise, inverted residual
-    ("timm:mobilenetv3_small_050", 64),  # hard-swish, SE
-    ("timm:efficientnet_b0", 64),        # depthwise + SE
-    ("timm:densenet121", 64),            # concatenation
-    ("timm:regnetx_002", 64),            # RegNet, grouped
-    ("timm:regnety_002", 64),            # RegNet + SE
-    ("timm:vit_tiny_patch16_224", 64),   # ViT, fused qkv attention
-    ("timm:deit_tiny_patch16_224", 64),  # DeiT
-    ("timm:swin_tiny_patch4_window7_224", 64),  # Swin: windowed attention, patch merging (window 4 at 64 px)
-    ("timm:convnext_atto", 64),          # ConvNeXt, layer-scale gamma
-    ("timm:mixer_s16_224", 64),          # MLP-Mixer
-    ("timm:resmlp_12_224", 64),          # ResMLP, affine layers
-    ("timm:cspresnet50", 64),            # CSP
-    ("timm:ghostnet_100", 64),           # ghost modules (concat of cheap ops)
-    ("timm:dla34", 64),                  # deep layer aggregation
-    ("timm:repvgg_a0", 64),              # RepVGG
-    ("timm:lcnet_050", 64),              # PP-LCNet
-    ("timm:tinynet_e", 64),              # TinyNet
-    ("timm:mnasnet_small", 64),          # MnasNet
-    ("timm:mobilevit_xxs", 64),          # conv + transformer
-    ("timm:poolformer_s12", 64),         # MetaFormer
-    ("timm:vgg11_bn", 64),               # timm VGG with conv head
-    ("timm:hardcorenas_a", 64),          # NAS, SE
-    ("timm:ese_vovnet19b_dw", 64),       # VoVNet, eSE
-    ("timm:gernet_s", 64),               # GENet / ByobNet
-    ("timm:rexnet_100", 64),             # partial residual adds (Torch-Pruning's own group search never ends)
-    ("torchvision:ssdlite320_mobilenet_v3_large", 320),  # detection
-    ("torchvision:ssd300_vgg16", 300),   # detection, VGG backbone with extra feature layers
-]
+FAST_MODELS = CURATED_MODELS
 
 
-BUILD_KWARGS = {"timm:swin_tiny_patch4_window7_224": {"window_size": 4}}
-
-
-def _build(spec, size):
-    if spec.startswith("torchvision:ssd"):
-        return build_model(spec, size, num_classes=None), torch.randn(1, 3, size, size)
-    return build_model(spec, size, **BUILD_KWARGS.get(spec, {})), torch.randn(1, 3, size, size)
+_build = build_curated
 
 
 # Every criterion on these (each a different kind of dependency graph); on every other family the criterion whose
