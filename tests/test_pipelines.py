@@ -213,3 +213,33 @@ def test_each_pipeline_runs_on_resnet56_vgg16_and_a_timm_model(name, arch, tmp_p
     assert pruned(x).shape == (1, 10)
     save_pruned(tmp_path / "p.pt", pruned)
     assert torch.equal(load_pruned(tmp_path / "p.pt", base_model=copy.deepcopy(model))(x), pruned(x))
+
+
+class _Residual(nn.Module):
+    """A stem and two residual blocks: stem, block1.conv2 and block2.conv2 write one residual stream (one group)."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 16, 3, padding=1)
+        self.blocks = nn.ModuleList(nn.Sequential(nn.Conv2d(16, 16, 3, padding=1), nn.ReLU(),
+                                                  nn.Conv2d(16, 16, 3, padding=1)) for _ in range(2))
+        self.head = nn.Linear(16, 10)
+
+    def forward(self, x):
+        x = torch.relu(self.stem(x))
+        for block in self.blocks:
+            x = torch.relu(x + block(x))
+        return self.head(x.mean((2, 3)))
+
+
+def test_layer_by_layer_prunes_a_residual_stream_once_to_its_ratio_of_the_original_width():
+    # forward order meets the stream three times (stem, blocks.0.2, blocks.1.2); at ratio 0.5 it keeps
+    # int(16 * 0.5) = 8 channels, not 16 * 0.5^3 = 2 as re-pruning "its ratio of what is left" would
+    torch.manual_seed(0)
+    pruned, report = create_pipeline("luo-wu").run(_Residual().eval(), X, calibration_data=image_batches(2, 8, 16),
+                                                   ratio=0.5)
+    assert pruned.stem.out_channels == 8 and pruned.blocks[1][2].out_channels == 8
+    assert pruned.blocks[0][0].out_channels == 8 and pruned.blocks[1][0].out_channels == 8
+    removed = {s.stage.name: sum(s.pruned.values()) for s in report.stages if s.stage.kind == "layer"}
+    assert removed["blocks.0.2"] == 0 and removed["blocks.1.2"] == 0  # already narrowed through the stem's stage
+    assert report.widths_before["stem"] == 16

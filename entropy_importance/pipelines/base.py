@@ -80,6 +80,8 @@ class PipelineReport:
     macs_before: int | None
     metric_before: float | None
     stages: list[StageReport] = field(default_factory=list)
+    #: every conv / linear layer's output width before the run (layer-wise targets are fractions of these)
+    widths_before: dict[str, int] = field(default_factory=dict)
 
     @property
     def params_after(self) -> int:
@@ -98,7 +100,7 @@ class PipelineReport:
         return {"pipeline": self.pipeline, "options": self.options, "params_before": self.params_before,
                 "macs_before": self.macs_before, "metric_before": self.metric_before,
                 "params_after": self.params_after, "macs_after": self.macs_after, "speed_up": self.speed_up,
-                "stages": [s.to_dict() for s in self.stages]}
+                "stages": [s.to_dict() for s in self.stages], "widths_before": self.widths_before}
 
     def to_json(self, indent: int | None = 1) -> str:
         return json.dumps(self.to_dict(), indent=indent, default=str)
@@ -106,7 +108,7 @@ class PipelineReport:
     @classmethod
     def from_dict(cls, d: dict) -> PipelineReport:
         return cls(d["pipeline"], d["options"], d["params_before"], d["macs_before"], d["metric_before"],
-                   [StageReport.from_dict(s) for s in d["stages"]])
+                   [StageReport.from_dict(s) for s in d["stages"]], dict(d.get("widths_before", {})))
 
     def __str__(self) -> str:
         lines = [f"{self.pipeline}: params {self.params_before:,} -> {self.params_after:,}"
@@ -308,7 +310,8 @@ class Pipeline:
                               Path(checkpoint or resume) if (checkpoint or resume) else None, done)
         if done is None:
             ctx.report = PipelineReport(self.name, {**self.options(), **target}, count_params(work),
-                                        tp_macs(work, example_inputs), ctx.measure_metric())
+                                        tp_macs(work, example_inputs), ctx.measure_metric(),
+                                        widths_before=layer_widths(work))
         self._run(ctx, **target)
         if report_path is not None:
             text = ctx.report.to_json()

@@ -7,7 +7,7 @@ from typing import Any
 
 import torch.nn as nn
 
-from .base import Pipeline, PipelineContext, prunable_layers, resolve_ratios
+from .base import Pipeline, PipelineContext, layer_widths, prunable_layers, ratio_keeping, resolve_ratios
 
 __all__ = ["LayerByLayerPipeline", "LuoWuPipeline", "FECPipeline"]
 
@@ -18,7 +18,10 @@ class LayerByLayerPipeline(Pipeline):
     recovery) and once more at the end (``stage.kind == "final"``: a longer one); ``order="one-shot"`` prunes every
     layer at once, then fine-tunes once.
 
-    The ratio of layer ``l`` comes from ``ratios`` (layer names or glob patterns), else the uniform ``ratio``; with
+    The ratio of layer ``l`` comes from ``ratios`` (layer names or glob patterns), else the uniform ``ratio``, and is a
+    fraction of the layer's width before the run: a layer whose group was already narrowed to its width through a
+    coupled layer (a residual stream is one group, met once per block) is not pruned again, its stage only
+    fine-tunes (pruning it again by its ratio of what is left would compound, (1 - r)^blocks). With
     ``speed_up`` the uniform ratio is the smallest whose one-shot prune of the chosen layers reaches that MAC
     speed-up (:meth:`~entropy_importance.Engine.search_ratio`). ``layers`` (names or patterns) restricts which
     layers are pruned (default: every conv / linear layer outside the task heads); a layer's group includes the
@@ -70,16 +73,20 @@ class LayerByLayerPipeline(Pipeline):
         if self.order == "one-shot":
             ctx.stage("one-shot", f"{len(table)} layers", lambda: ctx.prune(0.0, table))
         else:
+            original = ctx.report.widths_before
             names = list(table) if self.order == "forward" else list(reversed(table))
             for name in names:
-                ctx.stage("layer", name, lambda name=name: _prune_layer(ctx, name, table[name]))
+                keep = max(1, int(original[name] * (1 - table[name])))
+                ctx.stage("layer", name, lambda name=name, keep=keep: _prune_layer(ctx, name, keep))
         ctx.stage("final", "final", None)
 
 
-def _prune_layer(ctx: PipelineContext, name: str, ratio: float) -> None:
-    """One layer's group at ``ratio`` of the channels it has now (a layer already narrowed by an earlier group, as
-    a residual stream is, is pruned again only by its own ratio of what is left)."""
-    ctx.prune(0.0, {name: ratio})
+def _prune_layer(ctx: PipelineContext, name: str, keep: int) -> None:
+    """One layer's group down to ``keep`` channels (Torch-Pruning's count for the layer's ratio of its width before
+    the run); nothing when a coupled layer's stage already narrowed it that far."""
+    width = layer_widths(ctx.model)[name]
+    if width > keep:
+        ctx.prune(0.0, {name: ratio_keeping(width, keep)})
 
 
 class LuoWuPipeline(LayerByLayerPipeline):
