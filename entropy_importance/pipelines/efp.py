@@ -95,6 +95,13 @@ class EFPPipeline(Pipeline):
                 if not table:
                     break
                 ctx.stage("round", f"round {k + 1}", lambda table=table: ctx.prune(0.0, table))
+            if (ratio is not None or speed_up is not None) and not _reached(ctx, original, chosen, ratio, speed_up):
+                reached = ctx.report.speed_up
+                raise RuntimeError(
+                    f"efp: target not reached ({'ratio ' + str(ratio) if ratio is not None else f'{speed_up}x'}; "
+                    f"{'unknown' if reached is None else f'{reached:.2f}x'} after {len(ctx.report.stages)} rounds): "
+                    f"the selection module (alpha={self.alpha}) selects no more maps; raise alpha or rounds, or give "
+                    "ratios= (a per-layer budget)")
         ctx.stage("final", "final", None)
 
     def _run_budget(self, ctx: PipelineContext, original: dict[str, int], final: dict[str, int]) -> None:
