@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -230,8 +229,9 @@ def main(argv: list[str] | None = None) -> None:
     results = Path(args.results or f"runs/pipelines-{'quick' if args.quick else 'full'}.jsonl")
     if not args.report:
         run(cfg, results, Path(args.cache), args.methods, args.seed)
-    command = "python -m benchmarks.pipelines " + " ".join(argv if argv is not None else sys.argv[1:])
-    write_report(results, Path(args.docs), command.strip())
+    command = "python -m benchmarks.pipelines" + (" --quick" if args.quick else "") + (
+        f" --seed {args.seed}" if args.seed else "")
+    write_report(results, Path(args.docs), command)
 
 
 if __name__ == "__main__":
