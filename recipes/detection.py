@@ -3,15 +3,13 @@ VOC mAP at IoU 0.5 through torchmetrics' ``MeanAveragePrecision`` (summed over r
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader, Dataset
 
 from .trainer import Runtime, Task, autocast, shard
 
-__all__ = ["DETECTION", "collate_detection", "evaluate_map", "detection_images"]
+__all__ = ["DETECTION", "collate_detection", "evaluate_map"]
 
 
 def collate_detection(samples: list) -> tuple[list, list]:
@@ -55,13 +53,3 @@ def evaluate_map(model: nn.Module, dataset: Dataset, runtime: Runtime, batch_siz
     value = float(metric.compute()["map"])
     return max(value, 0.0)  # torchmetrics reports -1 when no image has a ground-truth box
 
-
-def detection_images(dataset: Dataset, images: int, batch_size: int = 8) -> Iterator[torch.Tensor]:
-    """The first ``images`` images of ``dataset`` as lists (calibration batches for data-driven criteria)."""
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate_detection)
-    seen = 0
-    for batch, _ in loader:
-        if seen >= images:
-            return
-        yield batch
-        seen += len(batch)

@@ -103,21 +103,21 @@ def structure(recipe: Recipe, checkpoint: str | None = None, seed: int = 0) -> d
             **result, "stages": len(report.stages), "reading": recipe.reading}
 
 
-def _smoke_schedule(schedule: Schedule | None, steps: int, lr: float, decay: str) -> Schedule | None:
+def _smoke_schedule(schedule: Schedule | None, steps: int, lr: float, decay: str,
+                    batch_size: int = SMOKE.batch_size) -> Schedule | None:
     if schedule is None:
         return None
-    return Schedule(epochs=0, lr=lr, batch_size=SMOKE.batch_size, weight_decay=5e-4, decay=decay, steps=steps)
+    return Schedule(epochs=0, lr=lr, batch_size=batch_size, weight_decay=5e-4, decay=decay, steps=steps)
 
 
 def _schedules(recipe: Recipe, smoke: bool) -> tuple[Schedule, Schedule | None, Schedule]:
     if not smoke:
         return recipe.train, recipe.recovery, recipe.final
     if recipe.task == "detection":
-        def small(schedule: Schedule | None, steps: int) -> Schedule | None:
-            return None if schedule is None else Schedule(epochs=0, lr=SMOKE.detection_lr,
-                                                          batch_size=SMOKE.detection_batch_size, steps=steps)
-        return (small(recipe.train, SMOKE.detection_train_steps), small(recipe.recovery, 1),
-                small(recipe.final, SMOKE.detection_final_steps))
+        lr, batch = SMOKE.detection_lr, SMOKE.detection_batch_size
+        return (_smoke_schedule(recipe.train, SMOKE.detection_train_steps, lr, "cosine", batch),
+                _smoke_schedule(recipe.recovery, 1, lr, "cosine", batch),
+                _smoke_schedule(recipe.final, SMOKE.detection_final_steps, lr, "cosine", batch))
     return (_smoke_schedule(recipe.train, SMOKE.train_steps, SMOKE.train_lr, "onecycle"),
             _smoke_schedule(recipe.recovery, SMOKE.recovery_steps, SMOKE.finetune_lr, "cosine"),
             _smoke_schedule(recipe.final, SMOKE.final_steps, SMOKE.finetune_lr, "cosine"))

@@ -4,6 +4,7 @@ names it. Augmentation as torchvision's detection references do it for SSD (``to
 
 from __future__ import annotations
 
+import copy
 import os
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -117,9 +118,12 @@ def voc_splits(root: str | os.PathLike, download: bool = False, train_sets: tupl
 
         for year, image_set in (*train_sets, test_set):
             torchvision.datasets.VOCDetection(str(root), year=year, image_set=image_set, download=True)
-    augmented = ConcatDataset([VOCDetection(root, y, s, ssd_transforms(True)) for y, s in train_sets])
-    plain = ConcatDataset([VOCDetection(root, y, s, ssd_transforms(False)) for y, s in train_sets])
-    return augmented, plain, VOCDetection(root, *test_set, transforms=ssd_transforms(False))
+    plain_sets = [VOCDetection(root, y, s, ssd_transforms(False)) for y, s in train_sets]
+    augmented_sets = [copy.copy(d) for d in plain_sets]  # the annotations are read once, shared by both views
+    for d in augmented_sets:
+        d.transforms = ssd_transforms(True)
+    return (ConcatDataset(augmented_sets), ConcatDataset(plain_sets),
+            VOCDetection(root, *test_set, transforms=ssd_transforms(False)))
 
 
 def voc_data(root: str | os.PathLike | None, download: bool = False, val_images: int = 500,

@@ -75,23 +75,19 @@ def _latency(args: argparse.Namespace, models: dict[str, nn.Module], input_size:
     return out
 
 
-def _bar_enabled(args: argparse.Namespace) -> bool | None:
-    return False if args.quiet else None  # None: tqdm draws only on a terminal
-
-
 def run(args: argparse.Namespace) -> dict:
     """Prune as ``args`` say and return the report (also written to ``--json``). Raises :class:`CLIError`."""
     source = validate(args)
     t0 = time.perf_counter()
     loaded = load_model(args)
     criterion = get_importance_info(args.criterion)
-    progress = not args.quiet and sys.stderr.isatty()
+    progress = not args.quiet and sys.stderr.isatty()  # bars only on a terminal
     data = load_calibration(args, source, loaded, progress) if criterion.needs_data else None
     model = loaded.model.to(args.device)
     x = torch.randn(1, *loaded.input_size, device=args.device)
     timings: dict[str, float] = {}
     stages = 3 if args.no_latency else 4
-    with tqdm(total=stages, desc="entropy-prune", unit="stage", file=sys.stderr, disable=_bar_enabled(args)) as bar:
+    with tqdm(total=stages, desc="entropy-prune", unit="stage", file=sys.stderr, disable=not progress) as bar:
         with _stage(bar, timings, "count_before_s", "counting (before)"):
             before = _summary(model, x)
         with _stage(bar, timings, "prune_s", "pruning"), warnings.catch_warnings():

@@ -6,9 +6,6 @@ from .. import __version__
 
 __all__ = ["print_report", "format_count"]
 
-_WEIGHTS_NOTE = {
-    "random": "note: weights are random; pass --pretrained or --checkpoint FILE to prune trained weights",
-}
 
 
 def format_count(n: float, unit: str = "") -> str:
@@ -37,8 +34,8 @@ def print_report(r: dict) -> None:
     print(f"entropy-importance {__version__}: {r['model']} ({r['weights']} weights) | criterion {r['criterion']} | "
           f"ratio {r['ratio']:.3f}{target} ({scope}) | input {'x'.join(map(str, r['input_size']))} | "
           f"device {r['device']}{data}")
-    if r["weights"] in _WEIGHTS_NOTE:
-        print(_WEIGHTS_NOTE[r["weights"]])
+    if r["weights"] == "random":
+        print("note: weights are random; pass --pretrained or --checkpoint FILE to prune trained weights")
     rows = [("params", b["params"], a["params"]),
             ("MACs (thop)", b["macs"]["thop"], a["macs"]["thop"]),
             ("MACs (Torch-Pruning)", b["macs"]["tp"], a["macs"]["tp"])]

@@ -18,8 +18,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..models import build_spec
 
-__all__ = ["DataError", "model_transform", "image_folder", "cifar10", "calibration_batches", "dataset_classes",
-           "IMAGE_EXTENSIONS"]
+__all__ = ["DataError", "model_transform", "image_folder", "cifar10", "calibration_batches", "IMAGE_EXTENSIONS"]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 
@@ -140,12 +139,6 @@ def cifar10(directory: str | os.PathLike, transform: Callable, download: bool = 
     except (RuntimeError, OSError, pickle.UnpicklingError, EOFError, KeyError) as e:
         raise DataError(f"CIFAR-10 in {root} is incomplete or damaged ({str(e).splitlines()[0]}): remove it and "
                         "download it again") from None
-
-
-def dataset_classes(dataset: Dataset) -> int | None:
-    """How many classes ``dataset`` labels its images with (None: unlabelled or unknown)."""
-    classes = getattr(dataset, "classes", None)
-    return len(classes) if classes else None
 
 
 def calibration_batches(dataset: Dataset, batches: int, batch_size: int = 32, seed: int = 0,
