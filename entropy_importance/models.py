@@ -8,6 +8,8 @@ from typing import Any
 
 import torch.nn as nn
 
+from .messages import first_line
+
 __all__ = ["BuildSpec", "create_model", "build_spec"]
 
 _ATTRIBUTE = "_entropy_importance_build"  # set on models built by create_model (survives deepcopy)
@@ -41,10 +43,9 @@ def _weights_cache(source: str) -> str:
 
 def _pretrained_error(spec: str, error: Exception) -> ValueError:
     source = spec.partition(":")[0]
-    first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-    return ValueError(f"pretrained weights of {spec} could not be loaded ({first[:160]}); they are downloaded once "
-                      f"into {_weights_cache(source)}: connect to the internet once, or load a state dict with "
-                      "--checkpoint FILE instead")
+    return ValueError(f"pretrained weights of {spec} could not be loaded ({first_line(error, 160)}); they are "
+                      f"downloaded once into {_weights_cache(source)}: connect to the internet once, or load a state "
+                      "dict with --checkpoint FILE instead")
 
 
 def create_model(spec: str, num_classes: int | None = None, pretrained: bool = False, **model_kwargs) -> nn.Module:
@@ -90,7 +91,7 @@ def create_model(spec: str, num_classes: int | None = None, pretrained: bool = F
             except (OSError, RuntimeError, ConnectionError) as e:
                 raise _pretrained_error(spec, e) from None
             except ValueError as e:  # e.g. num_classes that does not fit the weights
-                raise ValueError(f"{spec} with pretrained weights: {str(e).splitlines()[0]}") from None
+                raise ValueError(f"{spec} with pretrained weights: {first_line(e)}") from None
         else:
             model = builder(weights=None, **kwargs)
     else:

@@ -5,10 +5,10 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 
-import torch
 import torch.nn as nn
 import torchvision
 
+from entropy_importance import checkpoints
 from entropy_importance.pipelines import replace_classifier_with_gap
 
 from .cifar_models import resnet56, resnet110, vgg16_bn
@@ -59,31 +59,9 @@ def apply_transform(model: nn.Module, transform: str | None) -> nn.Module:
 
 
 def load_checkpoint(model: nn.Module, path: str | os.PathLike, what: str) -> nn.Module:
-    """Load a state dict (plain, or under ``"model"`` / ``"state_dict"`` as training scripts save it) into
-    ``model``; raises :class:`RecipeError` when the file is unreadable or holds another architecture."""
+    """:func:`entropy_importance.checkpoints.load_checkpoint` (a plain, nested or ``DistributedDataParallel`` state
+    dict) with its error as a :class:`RecipeError`, which the recipes' command line prints on one line."""
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise RecipeError(f"checkpoint {path} does not exist") from None
-    except Exception as e:  # noqa: BLE001 - any unreadable file gets the same one-line error
-        raise RecipeError(f"checkpoint {path} cannot be read ({type(e).__name__}): give a state dict saved by "
-                          "torch.save") from None
-    state = payload
-    if isinstance(payload, dict):
-        for key in ("model", "state_dict"):
-            if isinstance(payload.get(key), dict):
-                state = payload[key]
-                break
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise RecipeError(f"checkpoint {path} is not a state dict")
-    state = {k.removeprefix("module."): v for k, v in state.items()}  # saved from DistributedDataParallel
-    own = model.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    wrong = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
-    if missing or unexpected or wrong:
-        example = (missing or unexpected or wrong)[0]
-        raise RecipeError(f"checkpoint {path} is not a {what}: {len(missing)} missing, {len(unexpected)} unexpected, "
-                          f"{len(wrong)} mis-shaped tensors (e.g. {example!r}); give a checkpoint of {what}")
-    model.load_state_dict(state)
-    return model
+        return checkpoints.load_checkpoint(model, path, what)
+    except checkpoints.CheckpointError as e:
+        raise RecipeError(str(e)) from None

@@ -1,11 +1,49 @@
-"""Helpers shared by the tests: small models, seeded batches, state snapshots (`from conftest import ...`)."""
+"""Helpers shared by the tests: small models, seeded batches, state snapshots (`from conftest import ...`), and where
+the tests' Fashion-MNIST is (``scripts/test`` provisions it; a test never skips for lack of it: the
+``fashion_mnist_dir`` fixture fails, and a skip of another test for lack of it fails the run)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import pytest
 import torch
 import torch.nn as nn
 
 from benchmarks.curated import build_model  # noqa: F401 - shared with the tests that import it from here
+from entropy_importance.data.fashion_mnist import find_fashion_mnist
+
+MISSING_FASHION_MNIST = ("Fashion-MNIST not found: run the tests with scripts/test, which provisions it (or set "
+                         "FASHION_MNIST_ROOT to a folder holding its four IDX files)")
+_data_skips: list[str] = []
+
+
+@pytest.fixture(scope="session")
+def fashion_mnist_dir() -> Path:
+    """The folder the library reads Fashion-MNIST from; the test fails (never skips) when there is none."""
+    found = find_fashion_mnist()
+    if found is None:
+        pytest.fail(MISSING_FASHION_MNIST, pytrace=False)
+    return found
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    """Remember the tests skipped for lack of Fashion-MNIST (their skip reasons name it)."""
+    if report.skipped and "fashion-mnist" in str(report.longrepr).lower():
+        _data_skips.append(report.nodeid)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """A run in which tests were skipped for lack of Fashion-MNIST fails."""
+    if _data_skips and find_fashion_mnist() is None and exitstatus in (pytest.ExitCode.OK,
+                                                                       pytest.ExitCode.NO_TESTS_COLLECTED):
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if _data_skips and find_fashion_mnist() is None:
+        terminalreporter.write_line(f"FAILED: {len(_data_skips)} test(s) skipped: {MISSING_FASHION_MNIST}", red=True)
 
 
 def image_batches(n: int = 2, batch: int = 8, size: int = 32, classes: int = 10, seed: int = 0,

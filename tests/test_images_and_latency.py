@@ -11,7 +11,7 @@ import torch.nn as nn
 from PIL import Image
 
 from entropy_importance.data import DataError, calibration_batches, image_folder, model_transform
-from entropy_importance.latency import measure_latency, measure_onnx_latency, onnx_available
+from entropy_importance.latency import MIN_RUNS, measure_latency, measure_onnx_latency, onnx_available
 from entropy_importance.models import create_model
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -99,6 +99,32 @@ def test_measure_latency_times_the_model_and_restores_its_mode():
         measure_latency(model, (4,), runs=0)
 
 
+def test_budgeted_latency_fills_its_budget_and_no_more():
+    """A model that sleeps 40 ms: a 0.5 s budget (warm-up included) holds the warm-up and about 11 timed runs; the
+    last run that fits is the last one made."""
+    model = _Sleeper(0.04)
+    start = time.perf_counter()
+    t = measure_latency(model, (4,), runs=1000, warmup=1, budget_s=0.5)
+    took = time.perf_counter() - start
+    assert model.calls == t.runs + 1 and t.budget_s == 0.5 and t.warmup == 1
+    assert 7 <= t.runs <= 11  # 0.5 s / 40 ms = 12.5 calls, the warm-up one of them; sleeps only overrun
+    assert took <= 0.5 + 0.04 + 0.1  # at most one run over (the stop predicts the next run from the last)
+    assert 40.0 <= t.min_ms <= t.median_ms <= t.max_ms
+
+
+def test_budgeted_latency_times_a_slow_model_min_runs_times_and_stops_at_the_cap():
+    slow = _Sleeper(0.15)
+    t = measure_latency(slow, (4,), runs=1000, warmup=1, budget_s=0.1)  # one run alone overruns the budget
+    assert t.runs == MIN_RUNS == 3 and slow.calls == 4
+    fast = _Sleeper(0.0)
+    t = measure_latency(fast, (4,), runs=7, warmup=2, budget_s=30.0)  # the cap comes long before the budget
+    assert t.runs == 7 and fast.calls == 9 and t.to_dict()["runs"] == 7
+    fixed = measure_latency(_Sleeper(0.0), (4,), runs=5, warmup=0)
+    assert fixed.runs == 5 and fixed.budget_s is None
+    with pytest.raises(ValueError, match="budget_s must be > 0"):
+        measure_latency(fast, (4,), budget_s=0)
+
+
 @pytest.mark.skipif(not onnx_available(), reason="the [onnx] extra is not installed")
 def test_onnx_latency_exports_and_times_each_batch_size():
     model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
@@ -106,3 +132,7 @@ def test_onnx_latency_exports_and_times_each_batch_size():
     times = measure_onnx_latency(model, (3, 16, 16), (1, 4), runs=3, warmup=1)
     assert [t.batch_size for t in times] == [1, 4]
     assert all(t.backend == "onnxruntime" and t.median_ms > 0 and t.runs == 3 for t in times)
+    start = time.perf_counter()
+    budgeted = measure_onnx_latency(model, (3, 16, 16), (1,), runs=10**6, warmup=1, budget_s=0.3)
+    assert budgeted[0].budget_s == 0.3 and MIN_RUNS <= budgeted[0].runs < 10**6
+    assert time.perf_counter() - start < 0.3 + 10  # the export, then about the budget

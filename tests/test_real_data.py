@@ -1,4 +1,4 @@
-"""The one-line swap with real images: Fashion-MNIST (Debian's dataset-fashion-mnist, installed by .ci/run)."""
+"""The one-line swap with real images: Fashion-MNIST (provisioned by scripts/test; absent, these tests fail)."""
 
 import pytest
 import torch
@@ -6,13 +6,11 @@ import torch_pruning as tp
 from torch.utils.data import DataLoader
 
 from entropy_importance import EntropyPruner, create_importance, list_importances
-from entropy_importance.data import fashion_mnist, find_fashion_mnist
+from entropy_importance.data import fashion_mnist
 from entropy_importance.engine import classifier_layers
 from entropy_importance.models import create_model
 
-pytestmark = pytest.mark.skipif(
-    find_fashion_mnist() is None, reason="Fashion-MNIST files absent (apt-get install dataset-fashion-mnist)"
-)
+pytestmark = pytest.mark.usefixtures("fashion_mnist_dir")  # fails, never skips, without the data
 
 DATA_DRIVEN = ["conditional-entropy", "feature-map-entropy", "gap-entropy"]
 MODELS = ["torchvision:resnet18", "torchvision:mobilenet_v2", "timm:convnext_atto", "timm:efficientnet_b0"]

@@ -5,17 +5,19 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..checkpoints import CheckpointError, load_checkpoint, read_state_dict
 from ..criteria.registry import get_importance_info
 from ..data import DataError, calibration_batches, cifar10, fashion_mnist, image_folder, model_transform
+from ..messages import first_line
 from ..models import create_model
 from ..serialization import load_pruned, pruning_record
 from .arguments import CLIError, DataSource, model_kwargs
+from .checks import Plan, no_class_folders, one_class
 
 __all__ = ["LoadedModel", "load_model", "load_calibration"]
 
@@ -33,16 +35,11 @@ def _default_input_size(model: nn.Module) -> tuple[int, int, int]:
     return tuple(size) if size else (3, 224, 224)
 
 
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
-
-
 def _load_saved(args: argparse.Namespace) -> LoadedModel:
     try:
         model = load_pruned(args.model)
     except ValueError as e:
-        raise CLIError(_first_line(e)) from None
+        raise CLIError(first_line(e)) from None
     shape = pruning_record(model).inputs.get("shape", [1, 3, 224, 224])
     return LoadedModel(model, tuple(args.input_size or shape[1:]), "saved")
 
@@ -60,37 +57,31 @@ def _build(args: argparse.Namespace) -> nn.Module:
     return model
 
 
-def _load_checkpoint(model: nn.Module, path: str) -> None:
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any unreadable file is one line
-        raise CLIError(f"--checkpoint {path}: cannot read ({_first_line(e)})") from None
-    for key in ("state_dict", "model"):
-        if isinstance(state, dict) and isinstance(state.get(key), dict):
-            state = state[key]
-    if not isinstance(state, dict):
-        raise CLIError(f"--checkpoint {path}: not a state dict")
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as e:
-        raise CLIError(f"--checkpoint {path} does not fit the model: {_first_line(e)}") from None
+def _what(args: argparse.Namespace) -> str:
+    return args.model if args.num_classes is None else f"{args.model} with {args.num_classes} classes"
 
 
-def load_model(args: argparse.Namespace) -> LoadedModel:
-    """The model to prune, in eval mode on CPU, with the input size it is pruned at."""
-    if Path(args.model).is_file():
+def load_model(args: argparse.Namespace, plan: Plan) -> LoadedModel:
+    """The model to prune, in eval mode on CPU, with the input size it is pruned at. A ``--checkpoint`` is read
+    before the model is built (a file that is no state dict costs no model build)."""
+    if plan.saved_model:
         loaded = _load_saved(args)
     else:
-        if ":" not in args.model:
-            raise CLIError(f"model {args.model!r} is neither a file nor 'timm:NAME' / 'torchvision:NAME'")
+        try:
+            state = read_state_dict(args.checkpoint) if args.checkpoint else None
+        except CheckpointError as e:
+            raise CLIError(str(e)) from None
         try:
             model = _build(args)
         except (ValueError, TypeError) as e:
-            raise CLIError(_first_line(e)) from None
+            raise CLIError(first_line(e)) from None
         loaded = LoadedModel(model, tuple(args.input_size or _default_input_size(model)),
                              "pretrained" if args.pretrained else "random")
-        if args.checkpoint:
-            _load_checkpoint(model, args.checkpoint)
+        if state is not None:
+            try:
+                load_checkpoint(model, state, _what(args), path=args.checkpoint)
+            except CheckpointError as e:
+                raise CLIError(str(e)) from None
             loaded.weights = "checkpoint"
     loaded.model.eval()
     return loaded
@@ -111,17 +102,14 @@ def _output_classes(model: nn.Module) -> int | None:
 def _check_labels(batches: list, source: DataSource, criterion: str, model: nn.Module) -> None:
     labels = torch.cat([y for _, y in batches])
     if (labels < 0).any():
-        raise CLIError(f"criterion {criterion!r} needs class labels, and {source} has no class subfolders: put one "
-                       "subfolder of images per class in it")
+        raise no_class_folders(criterion, source)
     found = int(labels.max()) + 1
     classes = _output_classes(model)
     if classes is not None and found > classes and criterion == "tp-taylor":
         raise CLIError(f"{source} has {found} classes, the model's classifier {classes}: Taylor scores need labels "
                        "the classifier can score (--num-classes, or data with fewer classes)")
     if len(labels.unique()) < 2:
-        raise CLIError(f"criterion {criterion!r} compares classes, and the calibration images of {source} are all "
-                       "of one class: use images of at least two classes (more --calibration-batches, or more "
-                       "class subfolders)")
+        raise one_class(criterion, source)
 
 
 def load_calibration(args: argparse.Namespace, source: DataSource, loaded: LoadedModel, progress: bool) -> list:
@@ -137,7 +125,7 @@ def load_calibration(args: argparse.Namespace, source: DataSource, loaded: Loade
                 cifar10(source.directory, transform, download=args.download)
             batches = calibration_batches(dataset, args.calibration_batches, args.batch_size, progress=progress)
     except (DataError, FileNotFoundError) as e:
-        raise CLIError(f"--data {source}: {_first_line(e)}") from None
+        raise CLIError(f"--data {source}: {first_line(e)}") from None
     if get_importance_info(args.criterion).needs_labels:
         _check_labels(batches, source, args.criterion, loaded.model)
     return batches

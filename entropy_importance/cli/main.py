@@ -18,15 +18,15 @@ from tqdm import tqdm
 from .. import __version__
 from ..criteria.registry import get_importance_info, list_importances
 from ..engine import count_macs, count_params, prune, stage_widths
-from ..latency import measure_latency, measure_onnx_latency
+from ..messages import first_line
 from ..serialization import atomic_write, pruning_record, save_pruned
-from .arguments import CLIError, build_parser, validate
+from .arguments import CLIError, build_parser
+from .checks import validate
 from .inputs import load_calibration, load_model
 from .report import print_report
+from .timing import measure
 
 __all__ = ["main", "run"]
-
-_WARMUP = 5
 
 
 class _ProgressBatches:
@@ -56,37 +56,19 @@ def _summary(model: nn.Module, x: torch.Tensor) -> dict:
     return {"params": count_params(model), "macs": count_macs(model, x), "widths": stage_widths(model, x)}
 
 
-def _latency(args: argparse.Namespace, models: dict[str, nn.Module], input_size: tuple[int, ...]) -> dict:
-    out: dict = {"device": args.device, "runs": args.latency_runs, "warmup": _WARMUP,
-                 "pytorch": {name: {} for name in models}}
-    for name, model in models.items():
-        for b in args.latency_batch_sizes:
-            t = measure_latency(model, input_size, b, runs=args.latency_runs, warmup=_WARMUP, device=args.device)
-            out["pytorch"][name][str(b)] = t.to_dict()
-    if args.onnx:
-        out["onnxruntime"] = {}
-        for name, model in models.items():
-            try:
-                timed = measure_onnx_latency(model, input_size, tuple(args.latency_batch_sizes),
-                                             runs=args.latency_runs, warmup=_WARMUP)
-            except RuntimeError as e:
-                raise CLIError(f"--onnx: the {name} model: {str(e).splitlines()[0]}") from None
-            out["onnxruntime"][name] = {str(t.batch_size): t.to_dict() for t in timed}
-    return out
-
-
 def run(args: argparse.Namespace) -> dict:
     """Prune as ``args`` say and return the report (also written to ``--json``). Raises :class:`CLIError`."""
-    source = validate(args)
+    plan = validate(args)
+    source = plan.data
     t0 = time.perf_counter()
-    loaded = load_model(args)
+    loaded = load_model(args, plan)
     criterion = get_importance_info(args.criterion)
     progress = not args.quiet and sys.stderr.isatty()  # bars only on a terminal
     data = load_calibration(args, source, loaded, progress) if criterion.needs_data else None
     model = loaded.model.to(args.device)
     x = torch.randn(1, *loaded.input_size, device=args.device)
     timings: dict[str, float] = {}
-    stages = 3 if args.no_latency else 4
+    stages = 3 if plan.latency is None else 4
     with tqdm(total=stages, desc="entropy-prune", unit="stage", file=sys.stderr, disable=not progress) as bar:
         with _stage(bar, timings, "count_before_s", "counting (before)"):
             before = _summary(model, x)
@@ -97,13 +79,14 @@ def run(args: argparse.Namespace) -> dict:
                                        global_pruning=args.global_pruning, round_to=args.round_to,
                                        calibration_data=None if data is None else _ProgressBatches(data, progress))
             except (ValueError, TypeError) as e:
-                raise CLIError(str(e).splitlines()[0]) from None
+                raise CLIError(first_line(e)) from None
         with _stage(bar, timings, "count_after_s", "counting (after)"):
             after = _summary(pruned, x)
         latency = None
-        if not args.no_latency:
+        if plan.latency is not None:
             with _stage(bar, timings, "latency_s", "latency"):
-                latency = _latency(args, {"before": model, "after": pruned}, loaded.input_size)
+                latency = measure(plan.latency, args.device, args.onnx, {"before": model, "after": pruned},
+                                  loaded.input_size)
     meta = {"random_weights": loaded.weights == "random", "weights": loaded.weights, "criterion": args.criterion,
             "ratio": result.ratio, "speed_up_target": args.speed_up, "global_pruning": args.global_pruning,
             "entropy_importance": __version__}
@@ -144,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"entropy-prune: error: {e}", file=sys.stderr)
         return 2
     except RuntimeError as e:  # the model could not be pruned as asked
-        print(f"entropy-prune: error: {str(e).splitlines()[0]}", file=sys.stderr)
+        print(f"entropy-prune: error: {first_line(e)}", file=sys.stderr)
         return 1
     print_report(report)
     return 0

@@ -7,7 +7,6 @@ from .. import __version__
 __all__ = ["print_report", "format_count"]
 
 
-
 def format_count(n: float, unit: str = "") -> str:
     for div, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "K")):
         if abs(n) >= div:
@@ -24,6 +23,20 @@ def _latency_rows(latency: dict) -> list[tuple[str, float, float]]:
         for batch in before:
             rows.append((f"{label} b{batch} (ms)", before[batch]["median_ms"], after[batch]["median_ms"]))
     return rows
+
+
+def _latency_note(latency: dict) -> str:
+    """How the latency figures were measured: runs per figure (their range), warm-up, budget, largest spread."""
+    figures = [t for backend in ("pytorch", "onnxruntime") for by_batch in latency.get(backend, {}).values()
+               for t in by_batch.values()]
+    fewest, most = min(t["runs"] for t in figures), max(t["runs"] for t in figures)
+    runs = f"{fewest}" if fewest == most else f"{fewest}-{most}"
+    spread = max((t["max_ms"] - t["min_ms"]) / t["median_ms"] for t in figures if t["median_ms"] > 0) \
+        if any(t["median_ms"] > 0 for t in figures) else 0.0
+    how = f"a {latency['budget_s']:g} s budget shared by the figures" if latency["budget_s"] else "a fixed count"
+    return (f"latency ({latency['mode']}): median of {runs} timed runs per figure ({how}) after {latency['warmup']} "
+            f"warm-up run(s), torch.inference_mode; largest spread (max - min) / median {100 * spread:.0f} %; each "
+            "figure's runs, min and max are in --json")
 
 
 def print_report(r: dict) -> None:
@@ -45,9 +58,9 @@ def print_report(r: dict) -> None:
     if r["latency"]:
         for name, x0, x1 in _latency_rows(r["latency"]):
             print(f"{name:34s}{x0:>12.2f}{x1:>12.2f}{x0 / x1:>14.3f}")
-        print(f"latency: median of {r['latency']['runs']} runs after {r['latency']['warmup']} warm-up runs, "
-              "torch.inference_mode; a MAC speed-up need not show in latency (memory-bound layers, small batches, "
-              "channel counts the kernels do not favour)")
+        print(_latency_note(r["latency"]))
+        print("a MAC speed-up need not show in latency (memory-bound layers, small batches, channel counts the "
+              "kernels do not favour); --latency full times more runs")
     print("MACs: both counters agree on conv/linear layers; thop counts BatchNorm as 2 ops per element and skips "
           "ReLU and max-pooling, Torch-Pruning counts 1 per element for each; Torch-Pruning's is the counter of "
           "its speed-up tables.")
