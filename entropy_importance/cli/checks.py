@@ -15,9 +15,13 @@ from ..data.fashion_mnist import cache_dir, find_fashion_mnist
 from ..data.images import IMAGE_EXTENSIONS
 from .arguments import CLIError, DataSource, LatencyPlan, latency_plan, model_kwargs, parse_data
 
-__all__ = ["Plan", "validate", "no_class_folders", "one_class"]
+__all__ = ["Plan", "validate", "no_class_folders", "one_class", "too_many_classes"]
 
 _SOURCES = ("timm", "torchvision")
+#: the class count of the fixed datasets (an image folder's is read from its subfolders)
+_DATASET_CLASSES = {"fashion-mnist": 10, "cifar10": 10}
+#: the criterion whose scores need every label to be one the classifier scores
+_SCORES_LABELS = "tp-taylor"
 
 
 @dataclass(frozen=True)
@@ -39,6 +43,11 @@ def one_class(criterion: str, source: DataSource) -> CLIError:
     return CLIError(f"criterion {criterion!r} compares classes, and the calibration images of {source} are all of "
                     "one class: use images of at least two classes (more --calibration-batches, or more class "
                     "subfolders)")
+
+
+def too_many_classes(source: DataSource, found: int, classes: int) -> CLIError:
+    return CLIError(f"{source} has {found} classes, the model's classifier {classes}: Taylor scores need labels the "
+                    "classifier can score (--num-classes, or data with fewer classes)")
 
 
 def _positive(value: int | None, flag: str) -> None:
@@ -143,13 +152,15 @@ def _has_images(folder: Path) -> bool:
     return any(p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file() for p in folder.iterdir())
 
 
-def _check_image_folder(source: DataSource, criterion: str, needs_labels: bool) -> None:
+def _check_image_folder(source: DataSource, criterion: str, needs_labels: bool) -> int:
     """The folder's layout (listed, no image opened): images flat or in class subfolders, and the classes a
-    label-aware criterion needs."""
+    label-aware criterion needs. Returns the number of labels its images can have (0: unlabelled)."""
     root = Path(source.directory).expanduser()
     if not root.is_dir():
         raise CLIError(f"--data {source}: folder {source.directory} does not exist")
-    classes = sum(1 for p in root.iterdir() if p.is_dir() and _has_images(p))
+    folders = sorted(p for p in root.iterdir() if p.is_dir())  # labels: indices in this order (torchvision's)
+    with_images = [i for i, p in enumerate(folders) if _has_images(p)]
+    classes = len(with_images)
     if not classes and not _has_images(root):
         raise CLIError(f"--data {source}: image folder {root} holds no images ({', '.join(IMAGE_EXTENSIONS[:3])}, "
                        "...): put images in it, or one subfolder of images per class")
@@ -157,6 +168,7 @@ def _check_image_folder(source: DataSource, criterion: str, needs_labels: bool) 
         raise no_class_folders(criterion, source)
     if needs_labels and classes == 1:
         raise one_class(criterion, source)
+    return with_images[-1] + 1 if with_images else 0
 
 
 def _check_data(args: argparse.Namespace, source: DataSource, info: ImportanceInfo) -> None:
@@ -164,8 +176,11 @@ def _check_data(args: argparse.Namespace, source: DataSource, info: ImportanceIn
         raise CLIError("--data fashion-mnist: files not found: apt-get install dataset-fashion-mnist, set "
                        "FASHION_MNIST_ROOT to a folder holding them, or download them into "
                        f"{cache_dir()} (python -c 'import entropy_importance.data as d; d.download_fashion_mnist()')")
+    labels = _DATASET_CLASSES.get(source.kind, 0)
     if source.kind == "imagefolder":
-        _check_image_folder(source, args.criterion, info.needs_labels)
+        labels = _check_image_folder(source, args.criterion, info.needs_labels)
+    if args.criterion == _SCORES_LABELS and args.num_classes is not None and labels > args.num_classes:
+        raise too_many_classes(source, labels, args.num_classes)
     if source.kind == "cifar10" and not args.download and \
             not (Path(source.directory).expanduser() / "cifar-10-batches-py").is_dir():
         raise CLIError(f"--data {source}: no cifar-10-batches-py/ folder in {source.directory}; add --download")

@@ -17,7 +17,7 @@ from ..messages import first_line
 from ..models import create_model
 from ..serialization import load_pruned, pruning_record
 from .arguments import CLIError, DataSource, model_kwargs
-from .checks import Plan, no_class_folders, one_class
+from .checks import Plan, no_class_folders, one_class, too_many_classes
 
 __all__ = ["LoadedModel", "load_model", "load_calibration"]
 
@@ -106,8 +106,7 @@ def _check_labels(batches: list, source: DataSource, criterion: str, model: nn.M
     found = int(labels.max()) + 1
     classes = _output_classes(model)
     if classes is not None and found > classes and criterion == "tp-taylor":
-        raise CLIError(f"{source} has {found} classes, the model's classifier {classes}: Taylor scores need labels "
-                       "the classifier can score (--num-classes, or data with fewer classes)")
+        raise too_many_classes(source, found, classes)
     if len(labels.unique()) < 2:
         raise one_class(criterion, source)
 
