@@ -31,6 +31,7 @@ from .calibration import (
 )
 from .engine import Engine, EntropyPruner, PruneReport, prune, task_heads
 from .pipelines import create_pipeline, list_pipelines
+from .recovery import RecoveryReport, recover
 from .repairs import GroupFormationTimeout, repairs
 from .serialization import load_pruned, pruning_record, save_pruned
 
@@ -46,5 +47,5 @@ __all__ = [
     "PruneReport", "task_heads", "repairs", "GroupFormationTimeout", "save_pruned", "load_pruned", "pruning_record",
     "requirements", "CalibrationError", "NotCalibratedError", "StaleStatisticsError", "ChannelView",
     "channel_view", "ImportanceInfo", "create_importance", "get_importance_info", "list_importances",
-    "register_importance", "create_pipeline", "list_pipelines",
+    "register_importance", "create_pipeline", "list_pipelines", "recover", "RecoveryReport",
 ]

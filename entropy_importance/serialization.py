@@ -30,7 +30,7 @@ from .models import BuildSpec
 from .repairs import repairs
 
 __all__ = ["PruningRecord", "pruning_record", "attach_record", "save_pruned", "load_pruned", "read_pruned",
-           "atomic_write", "describe_inputs", "make_inputs", "state_signature", "FORMAT", "VERSION"]
+           "atomic_write", "replay_history", "describe_inputs", "make_inputs", "state_signature", "FORMAT", "VERSION"]
 
 FORMAT = "entropy-importance/pruned-model"
 VERSION = 2
@@ -276,28 +276,12 @@ def _rebuild(payload: dict, base_model: nn.Module | None, where: str) -> nn.Modu
         detail = f"first difference: {diff[0]} here, {diff[1]} in the file" if diff else \
             f"{len(found)} state-dict entries here, {len(expected)} in the file"
         raise ValueError(f"{where}: the base model does not match the one that was pruned ({detail})")
-    inputs = make_inputs(payload["inputs"])
-    modules = dict(model.named_modules())
     try:
-        with repairs(group_time_limit=None), torch.enable_grad():
-            for segment in payload["history"]:
-                unknown = next((h[0] for h in segment if h[0] not in modules), None)
-                if unknown is not None:
-                    raise _Bad(f"the history names layer {unknown!r}, which the base model does not have")
-                graph = tp.DependencyGraph().build_dependency(model, inputs, verbose=False)
-                for name, out, idxs in segment:  # Torch-Pruning's load_pruning_history, each entry checked first
-                    module = modules[name]
-                    pruner = graph.get_pruner_of_module(module)
-                    width = pruner.get_out_channels(module) if out else pruner.get_in_channels(module)
-                    if idxs and (min(idxs) < 0 or (isinstance(width, int) and max(idxs) >= width)):
-                        raise _Bad(f"the history prunes channel {max(idxs)} of layer {name!r}, which has {width}")
-                    fn = pruner.prune_out_channels if out else pruner.prune_in_channels
-                    graph.get_pruning_group(module, fn, idxs).prune(record_history=False)
+        replay_history(model, payload["history"], make_inputs(payload["inputs"]))
     except _Bad as e:
         raise ValueError(f"{where}: damaged pruned-model file: {e}") from None
-    except Exception as e:  # noqa: BLE001 - indices out of range, a tampered history
-        raise ValueError(f"{where}: the pruning history does not replay on the base model "
-                         f"({type(e).__name__}: {str(e)[:160]})") from None
+    except ValueError as e:
+        raise ValueError(f"{where}: {e}") from None
     modules = dict(model.named_modules())
     for name, attrs in payload["attributes"].items():
         if name in modules and isinstance(attrs, dict):
@@ -313,3 +297,35 @@ def _rebuild(payload: dict, base_model: nn.Module | None, where: str) -> nn.Modu
         None if spec is None else BuildSpec(spec["spec"], spec.get("num_classes"), dict(spec["model_kwargs"])),
         payload["base_signature"], payload["inputs"], payload["history"], list(payload.get("record_meta", []))))
     return model.eval()
+
+
+def replay_history(model: nn.Module, history: list[list], inputs: Any) -> None:
+    """Prune ``model`` in place by replaying a pruning history (one list of ``[layer, out_channels, indices]`` per
+    dependency graph, as :class:`PruningRecord` holds it) on dependency graphs built on ``inputs``, inside
+    :func:`~entropy_importance.repairs`; each entry is checked before it is applied.
+
+    Raises:
+        ValueError: the history names a layer ``model`` lacks, a channel out of range, or does not replay
+            (``model`` is then partly pruned: replay on a copy).
+    """
+    modules = dict(model.named_modules())
+    try:
+        with repairs(group_time_limit=None), torch.enable_grad():
+            for segment in history:
+                unknown = next((h[0] for h in segment if h[0] not in modules), None)
+                if unknown is not None:
+                    raise _Bad(f"the history names layer {unknown!r}, which the base model does not have")
+                graph = tp.DependencyGraph().build_dependency(model, inputs, verbose=False)
+                for name, out, idxs in segment:  # Torch-Pruning's load_pruning_history, each entry checked first
+                    module = modules[name]
+                    pruner = graph.get_pruner_of_module(module)
+                    width = pruner.get_out_channels(module) if out else pruner.get_in_channels(module)
+                    if idxs and (min(idxs) < 0 or (isinstance(width, int) and max(idxs) >= width)):
+                        raise _Bad(f"the history prunes channel {max(idxs)} of layer {name!r}, which has {width}")
+                    fn = pruner.prune_out_channels if out else pruner.prune_in_channels
+                    graph.get_pruning_group(module, fn, idxs).prune(record_history=False)
+    except _Bad:
+        raise
+    except Exception as e:  # noqa: BLE001 - indices out of range, a tampered history
+        raise ValueError(f"the pruning history does not replay on the base model "
+                         f"({type(e).__name__}: {str(e)[:160]})") from None

@@ -11,7 +11,7 @@ from torch import Tensor
 
 from .errors import CalibrationError
 
-__all__ = ["split_batch", "model_device", "to_device", "INPUT_KEYS", "TARGET_KEYS"]
+__all__ = ["split_batch", "model_device", "to_device", "call_model", "first_examples", "INPUT_KEYS", "TARGET_KEYS"]
 
 INPUT_KEYS = ("input", "inputs", "image", "images", "pixel_values", "x")
 TARGET_KEYS = ("target", "targets", "label", "labels", "y")
@@ -47,4 +47,24 @@ def to_device(x: Any, device: torch.device | str) -> Any:
         return {k: to_device(v, device) for k, v in x.items()}
     if isinstance(x, (list, tuple)):
         return type(x)(to_device(v, device) for v in x)
+    return x
+
+
+def call_model(model: nn.Module, inputs: Any) -> Any:
+    """``model(inputs)``: a dict is passed as keyword arguments, a tuple / list as positional ones."""
+    if isinstance(inputs, Mapping):
+        return model(**inputs)
+    if isinstance(inputs, (tuple, list)):
+        return model(*inputs)
+    return model(inputs)
+
+
+def first_examples(x: Any, n: int = 1) -> Any:
+    """The first ``n`` examples of batched inputs (every tensor's leading dimension cut to ``n``)."""
+    if isinstance(x, Tensor):
+        return x[:n]
+    if isinstance(x, Mapping):
+        return {k: first_examples(v, n) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return type(x)(first_examples(v, n) for v in x)
     return x

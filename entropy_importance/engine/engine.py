@@ -32,6 +32,7 @@ from ..calibration.observe import DataDrivenImportance
 from ..calibration.refresh import refresh_importance, requirements, reusable_batches
 from ..criteria.registry import create_importance
 from ..models import build_spec
+from ..recovery import RecoveryReport, recover
 from ..repairs import GROUP_TIME_LIMIT, GroupFormationTimeout, repairs
 from ..serialization import PruningRecord, attach_record, describe_inputs, pruning_record, state_signature
 from .attention import attention_num_heads, sync_attention_heads
@@ -60,6 +61,8 @@ class PruneReport:
     steps: int = 0
     rounds: int = 1
     ratio: float | None = None
+    #: the recovery step after pruning (``prune(recover=...)``), with its seconds and per-layer evidence
+    recovery: RecoveryReport | None = None
 
     @property
     def speed_up(self) -> float | None:
@@ -71,7 +74,8 @@ class PruneReport:
         return {"params_before": self.params_before, "params_after": self.params_after,
                 "macs_before": self.macs_before, "macs_after": self.macs_after, "speed_up": self.speed_up,
                 "widths_before": self.widths_before, "widths_after": self.widths_after,
-                "kept_unpruned": self.kept_unpruned, "steps": self.steps, "rounds": self.rounds, "ratio": self.ratio}
+                "kept_unpruned": self.kept_unpruned, "steps": self.steps, "rounds": self.rounds, "ratio": self.ratio,
+                "recovery": None if self.recovery is None else self.recovery.to_dict()}
 
     def __str__(self) -> str:
         lines = [f"params {self.params_before:,} -> {self.params_after:,} "
@@ -82,6 +86,8 @@ class PruneReport:
         lines.append(f"steps {self.steps}, isolation rounds {self.rounds}{ratio}")
         for name, reason in self.kept_unpruned.items():
             lines.append(f"kept unpruned: {name or '<model>'}: {reason}")
+        if self.recovery is not None:
+            lines.append(str(self.recovery).splitlines()[0])
         return "\n".join(lines)
 
 
@@ -505,6 +511,17 @@ class Engine:
             yield EngineStep(index, work, pruner, macs, speed)
 
     # ------------------------------------------------------------------------------------------ results
+    def recover(self, work: nn.Module, method: str, pruner: EntropyPruner | None = None, **options: Any
+                ) -> RecoveryReport:
+        """Repair ``work`` in place with :func:`~entropy_importance.recover` on the engine's calibration data, so that
+        it reproduces the unpruned base: ``work`` carries its record (after :meth:`finish`), or ``pruner`` is the
+        one pruning it (between :meth:`progressive` steps)."""
+        if self.calibration_data is None:
+            raise ValueError(f"recovery {method!r} needs calibration_data= (batches of inputs)")
+        _, report = recover(self.base, work, self.calibration_data, method, inplace=True, history=pruner,
+                            calibration_batches=self.calibration_batches, **options)
+        return report
+
     def finish(self, work: nn.Module, pruners: Iterable[EntropyPruner], steps: int = 1, ratio: float | None = None,
                meta: dict | None = None) -> PruneReport:
         """The report for ``work``, and its pruning record attached (so that ``save_pruned`` can write it): the

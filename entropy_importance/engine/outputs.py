@@ -7,17 +7,15 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from ..calibration.batches import call_model
+
 __all__ = ["forward", "batch_size", "output_signature"]
 
 
 def forward(model: nn.Module, inputs: Any) -> Any:
     """``model(inputs)`` without gradients; a dict is passed as keyword arguments, a tuple / list as positional."""
     with torch.no_grad():
-        if isinstance(inputs, dict):
-            return model(**inputs)
-        if isinstance(inputs, (tuple, list)):
-            return model(*inputs)
-        return model(inputs)
+        return call_model(model, inputs)
 
 
 def batch_size(inputs: Any) -> int | None:

@@ -8,6 +8,7 @@ from typing import Any
 
 import torch.nn as nn
 
+from ..recovery import check_method
 from ..repairs import GROUP_TIME_LIMIT
 from .engine import Engine, PruneReport
 
@@ -33,6 +34,8 @@ def prune(
     max_rounds: int = 12,
     max_steps: int = 200,
     group_time_limit: float | None = GROUP_TIME_LIMIT,
+    recover: str | None = None,
+    recover_options: Mapping[str, Any] | None = None,
     **tp_kwargs: Any,
 ) -> tuple[nn.Module, PruneReport]:
     """Prune a copy of ``model`` and return ``(pruned_model, report)``; ``model`` and ``importance`` are left as
@@ -52,6 +55,11 @@ def prune(
         ignored_layers: more layers to keep (the task heads are kept automatically).
         max_rounds: how many forward-breaking groups may be isolated before giving up.
         group_time_limit: seconds one group may take to form before it is kept unpruned (None: no limit).
+        recover: repair the pruned model without training, on ``calibration_data``
+            (:func:`~entropy_importance.recover`): ``"reconstruct"`` (layer-wise least squares), ``"bn"`` (BatchNorm
+            statistics re-estimated), ``"reconstruct+bn"``, or None (default: the pruned model as Torch-Pruning leaves
+            it). The report's ``recovery`` holds its seconds and per-layer errors.
+        recover_options: more arguments of :func:`~entropy_importance.recover` (``positions``, ``ridge``, ...).
         tp_kwargs: passed to Torch-Pruning's pruner (``isomorphic``, ``unwrapped_parameters``, ...).
 
     Raises:
@@ -71,6 +79,9 @@ def prune(
         raise ValueError(f"max_steps must be an integer >= 1, got {max_steps!r}")
     if not (isinstance(ratio, (int, float)) and not isinstance(ratio, bool) and 0.0 <= ratio < 1.0):
         raise ValueError(f"ratio must be in [0, 1), got {ratio!r}")
+    method = check_method(recover)
+    if method is not None and calibration_data is None:
+        raise ValueError(f"recover={recover!r} needs calibration_data= (batches of the model's inputs)")
     names = {n for n, _ in model.named_modules()}
     unknown = sorted(set(ratio_dict or {}) - names)
     if unknown:
@@ -80,6 +91,20 @@ def prune(
                     global_pruning=global_pruning, round_to=round_to, group_time_limit=group_time_limit,
                     max_rounds=max_rounds, **tp_kwargs)
     meta = {"criterion": type(engine.importance).__name__, "global_pruning": global_pruning}
+    options = dict(recover_options or {})
+    work, report = _pruned(engine, meta, ratio=ratio, speed_up=speed_up, schedule=schedule, step_ratio=step_ratio,
+                           ratio_dict=ratio_dict, max_steps=max_steps, method=method, options=options)
+    if method is not None and report.recovery is None:
+        report.recovery = engine.recover(work, method, **options)
+    return work, report
+
+
+def _pruned(engine: Engine, meta: dict, *, ratio: float, speed_up: float | None, schedule: str, step_ratio: float,
+            ratio_dict: Mapping[str, float] | None, max_steps: int, method: str | None, options: dict
+            ) -> tuple[nn.Module, PruneReport]:
+    """The engine's schedule for the target: one step at ``ratio``, a ratio search, or progressive steps (with
+    ``method``, each step is recovered before the criterion is measured for the next; the report holds the last
+    step's recovery)."""
     if speed_up is None:
         work, pruner = engine.one_shot(ratio, ratio_dict)
         return work, engine.finish(work, [pruner], 1, ratio, {**meta, "ratio": ratio})
@@ -93,9 +118,12 @@ def prune(
     cap = 0.95
     steps = min(max_steps, math.ceil(cap / step_ratio))
     for step in engine.progressive(cap, math.ceil(cap / step_ratio), ratio_dict):
+        recovery = engine.recover(step.model, method, step.pruner, **options) if method is not None else None
         if step.speed_up is not None and step.speed_up >= speed_up:
             meta.update(schedule="progressive", step_ratio=step_ratio, speed_up=speed_up)
-            return step.model, engine.finish(step.model, [step.pruner], step.index, None, meta)
+            report = engine.finish(step.model, [step.pruner], step.index, None, meta)
+            report.recovery = recovery
+            return step.model, report
         if step.index >= steps:
             reached = "unknown" if step.speed_up is None else f"{step.speed_up:.2f}x"
             raise RuntimeError(f"speed-up {speed_up} not reached within {steps} steps of {step_ratio} "

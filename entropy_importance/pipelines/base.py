@@ -22,8 +22,10 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from ..calibration.refresh import reusable_batches
 from ..criteria.registry import create_importance
 from ..engine import Engine, count_params, task_heads, tp_macs
+from ..recovery import check_method, recover
 from ..repairs import GROUP_TIME_LIMIT
 from ..serialization import atomic_write, load_pruned, save_pruned
 
@@ -53,7 +55,8 @@ class Stage:
 
 @dataclass
 class StageReport:
-    """One stage: what was pruned (channels removed per layer), params and MACs after, the metric, seconds."""
+    """One stage: what was pruned (channels removed per layer), params and MACs after, the metric, seconds, and the
+    recovery after the pruning (:meth:`~entropy_importance.recovery.RecoveryReport.summary`), if any."""
 
     stage: Stage
     pruned: dict[str, int]
@@ -61,13 +64,15 @@ class StageReport:
     macs: int | None
     metric: float | None
     seconds: float
+    recovery: dict | None = None
 
     def to_dict(self) -> dict:
         return {**asdict(self), "stage": asdict(self.stage)}
 
     @classmethod
     def from_dict(cls, d: dict) -> StageReport:
-        return cls(Stage(**d["stage"]), dict(d["pruned"]), d["params"], d["macs"], d["metric"], d["seconds"])
+        return cls(Stage(**d["stage"]), dict(d["pruned"]), d["params"], d["macs"], d["metric"], d["seconds"],
+                   d.get("recovery"))
 
 
 @dataclass
@@ -168,8 +173,10 @@ class PipelineContext:
     already done when resuming. Pipelines call :meth:`prune` inside :meth:`stage`."""
 
     def __init__(self, pipeline: Pipeline, model: nn.Module, example_inputs: Any, calibration_data, calibration_batches,
-                 finetune, evaluate, checkpoint: Path | None, done: PipelineReport | None) -> None:
+                 finetune, evaluate, checkpoint: Path | None, done: PipelineReport | None,
+                 recover: str | None = None, recover_options: Mapping[str, Any] | None = None) -> None:
         self.pipeline, self.model, self.example_inputs = pipeline, model, example_inputs
+        self.recover, self.recover_options = recover, dict(recover_options or {})
         self.calibration_data, self.calibration_batches = calibration_data, calibration_batches
         self.finetune, self.evaluate = finetune, evaluate
         self.checkpoint = checkpoint
@@ -219,15 +226,21 @@ class PipelineContext:
             return self.done[index]
         stage = Stage(index, kind, name, phase)
         t = time.perf_counter()
+        previous = self.model
         before = layer_widths(self.model)
         if action is not None:
             action()
         after = layer_widths(self.model)
         pruned = {n: before[n] - after.get(n, 0) for n in before if before[n] != after.get(n, 0)}
+        recovery = None
+        if self.recover is not None and pruned and self.model is not previous:
+            _, repaired = recover(previous, self.model, self.calibration_data, self.recover, inplace=True,
+                              calibration_batches=self.calibration_batches, **self.recover_options)
+            recovery = repaired.summary()
         if self.finetune is not None:
             self.finetune(self.model, stage)
         record = StageReport(stage, pruned, count_params(self.model), tp_macs(self.model, self.example_inputs),
-                             self.measure_metric(), time.perf_counter() - t)
+                             self.measure_metric(), time.perf_counter() - t, recovery)
         self.report.stages.append(record)
         self._save()
         return record
@@ -271,7 +284,8 @@ class Pipeline:
             evaluate: Callable[[nn.Module], float] | None = None, ratio: float | None = None,
             ratios: Mapping[str, float] | None = None, speed_up: float | None = None,
             checkpoint: str | os.PathLike | None = None, resume: str | os.PathLike | None = None,
-            report_path: str | os.PathLike | None = None) -> tuple[nn.Module, PipelineReport]:
+            report_path: str | os.PathLike | None = None, recover: str | None = None,
+            recover_options: Mapping[str, Any] | None = None) -> tuple[nn.Module, PipelineReport]:
         """Run the procedure on a copy of ``model``; returns ``(pruned_model, report)``.
 
         Args:
@@ -283,6 +297,10 @@ class Pipeline:
                 ``torch.distributed`` only rank 0 writes).
             resume: continue from such a checkpoint (the stages it holds are not run again).
             report_path: write the final report as JSON here.
+            recover: after every pruning stage, before ``finetune``, repair the model without training
+                (:func:`~entropy_importance.recover` on ``calibration_data``, against the model before the stage):
+                ``"reconstruct"``, ``"bn"``, ``"reconstruct+bn"`` or None (default). The stage report records it.
+            recover_options: more arguments of :func:`~entropy_importance.recover`.
 
         Raises:
             ValueError: bad arguments (a ratio table naming layers the model lacks, ratios outside [0, 1), a NaN
@@ -293,10 +311,14 @@ class Pipeline:
             raise ValueError(f"ratio must be in [0, 1), got {ratio!r}")
         if speed_up is not None and not (isinstance(speed_up, (int, float)) and speed_up > 1):
             raise ValueError(f"speed_up must be a number > 1, got {speed_up!r}")
+        method = check_method(recover)
+        if method is not None and calibration_data is None:
+            raise ValueError(f"recover={recover!r} needs calibration_data= (batches of the model's inputs)")
         if ratios is not None:
             resolve_ratios(model, ratios, prunable_layers(model, self.heads))
         target = {"ratio": ratio, "ratios": dict(ratios) if ratios else None, "speed_up": speed_up}
         self._check_target(model, **target)
+        calibration_data = reusable_batches(calibration_data, calibration_batches)
         done = None
         if resume is not None and Path(resume).exists():
             payload = torch.load(resume, map_location="cpu", weights_only=True)
@@ -307,7 +329,8 @@ class Pipeline:
         else:
             work = copy.deepcopy(model).eval()
         ctx = PipelineContext(self, work, example_inputs, calibration_data, calibration_batches, finetune, evaluate,
-                              Path(checkpoint or resume) if (checkpoint or resume) else None, done)
+                              Path(checkpoint or resume) if (checkpoint or resume) else None, done, method,
+                              recover_options)
         if done is None:
             ctx.report = PipelineReport(self.name, {**self.options(), **target}, count_params(work),
                                         tp_macs(work, example_inputs), ctx.measure_metric(),
