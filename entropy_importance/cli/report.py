@@ -31,8 +31,7 @@ def _latency_note(latency: dict) -> str:
                for t in by_batch.values()]
     fewest, most = min(t["runs"] for t in figures), max(t["runs"] for t in figures)
     runs = f"{fewest}" if fewest == most else f"{fewest}-{most}"
-    spread = max((t["max_ms"] - t["min_ms"]) / t["median_ms"] for t in figures if t["median_ms"] > 0) \
-        if any(t["median_ms"] > 0 for t in figures) else 0.0
+    spread = max(((t["max_ms"] - t["min_ms"]) / t["median_ms"] for t in figures if t["median_ms"] > 0), default=0.0)
     how = f"a {latency['budget_s']:g} s budget shared by the figures" if latency["budget_s"] else "a fixed count"
     return (f"latency ({latency['mode']}): median of {runs} timed runs per figure ({how}) after {latency['warmup']} "
             f"warm-up run(s), torch.inference_mode; largest spread (max - min) / median {100 * spread:.0f} %; each "
