@@ -34,6 +34,7 @@ from .channels import KeptChannels, tagged_layers
 from .least_squares import NormalEquations, SolveError
 from .report import LayerRecovery
 from .samples import LayerRows, supported
+from .segments import SegmentCache, find_segments, run_matches
 
 __all__ = ["reconstruct", "trace_layers", "LayerTrace"]
 
@@ -277,20 +278,50 @@ def reconstruct(original: nn.Module, pruned: nn.Module, kept: dict[str, KeptChan
         records.append(fits[name].record)
     records += [LayerRecovery(n, "skipped", note="not called by the forward pass") for n in layers
                 if n not in trace.calls]
-    originals = dict(original.named_modules())
     levels = _levels(trace, fits)
+    runner = _LevelRunner(original, pruned, inputs, layers)
     for level in (progress(levels) if progress is not None else levels):
         with torch.inference_mode():
-            for b, x in enumerate(inputs):
-                active = [n for n in level if fits[n].active]
-                if not active:
-                    break
-                got_pruned = _capture(pruned, {n: layers[n] for n in active}, x)
-                got_original = _capture(original, {n: originals[n] for n in active}, x)
-                for n in active:
+            for b, got_pruned, got_original in runner.passes(level, fits):
+                for n in got_pruned:
                     x_in, y_pruned = got_pruned[n]
                     fits[n].add(x_in, y_pruned, got_original[n][1], b, seed)
-                del got_pruned, got_original
         for n in level:
             fits[n].solve(ridge)
     return records
+
+
+class _LevelRunner:
+    """Runs the calibration batches through both networks up to a level's layers: from the cached input of the
+    segment holding them when the network has a run of chained segments (:mod:`.segments`), else from the input."""
+
+    def __init__(self, original: nn.Module, pruned: nn.Module, inputs: Sequence[Any],
+                 layers: dict[str, nn.Module]) -> None:
+        self.original, self.pruned, self.inputs, self.layers = original, pruned, inputs, layers
+        self.originals = dict(original.named_modules())
+        example = first_examples(inputs[0], 2)
+        segments = find_segments(pruned, example)
+        if segments and not (run_matches(pruned, segments, example) and run_matches(original, segments, example)):
+            segments = []
+        self.segments = segments
+        self.segment_of = {n: j for j, seg in enumerate(segments) for n in layers
+                           if n == seg or n.startswith(seg + ".")}
+        self.caches = (SegmentCache(pruned, segments, inputs), SegmentCache(original, segments, inputs))
+
+    def passes(self, level: list[str], fits: dict[str, _Fit]):
+        """For each batch while some layer of ``level`` is active: ``(batch index, {name: (input, output)} in the
+        pruned network, the same in the unpruned one)``."""
+        where = {self.segment_of.get(n) for n in level}
+        segment = where.pop() if len(where) == 1 else None
+        if segment is not None:
+            starts = [cache.input_of(segment) for cache in self.caches]
+            models = [dict(self.pruned.named_modules())[self.segments[segment]], self.originals[self.segments[segment]]]
+        else:
+            starts, models = [self.inputs, self.inputs], [self.pruned, self.original]
+        for b in range(len(self.inputs)):
+            active = [n for n in level if fits[n].active]
+            if not active:
+                return
+            got_pruned = _capture(models[0], {n: self.layers[n] for n in active}, starts[0][b])
+            got_original = _capture(models[1], {n: self.originals[n] for n in active}, starts[1][b])
+            yield b, got_pruned, got_original
