@@ -207,7 +207,8 @@ def test_quick_latency_shares_one_budget_among_the_figures():
     out = measure(plan, "cpu", False, {"before": _Sleeper(0.005), "after": _Sleeper(0.005)}, (4,))
     took = time.perf_counter() - start
     shares = [t["budget_s"] for by_batch in out["pytorch"].values() for t in by_batch.values()]
-    assert shares[0] == pytest.approx(0.2) and all(0.1 < s < 0.4 for s in shares)
+    assert out["pytorch"]["before"]["2"]["budget_s"] == pytest.approx(0.8 / 4)  # the largest batch first
+    assert list(out["pytorch"]["before"]) == ["1", "2"] and all(0.1 < s < 0.4 for s in shares)
     assert all(t["runs"] >= 15 for by_batch in out["pytorch"].values() for t in by_batch.values())  # ~0.2 s / 5 ms
     assert 0.6 < took < 0.8 + 0.3
 

@@ -1,7 +1,9 @@
 """``entropy-prune``'s latency measurement: every model at every batch size, on PyTorch (and ONNX Runtime with
 ``--onnx``), each figure reporting the number of timed runs it rests on. In quick mode each backend has a total time
 budget, shared by its figures as they come: each gets an equal share of what is left (a slow figure that overruns its
-share with its minimum runs leaves less to the ones after it)."""
+share with its minimum runs leaves less to the ones after it). The largest batch of each model is timed first: when
+its minimum runs alone overrun the budget, the smaller batches keep to their minimum runs instead of first taking a
+share that the budget does not have."""
 
 from __future__ import annotations
 
@@ -48,12 +50,13 @@ def measure(plan: LatencyPlan, device: str, onnx: bool, models: dict[str, nn.Mod
                  "max_runs": plan.runs, "pytorch": {name: {} for name in models}}
     budget = _Budget(plan.budget_s, len(models) * len(plan.batch_sizes))
     for name, model in models.items():
-        for b in plan.batch_sizes:
+        timed = {}
+        for b in sorted(plan.batch_sizes, reverse=True):
             start = time.perf_counter()
-            t = measure_latency(model, input_size, b, runs=plan.runs, warmup=plan.warmup, device=device,
-                                budget_s=budget.share())
+            timed[b] = measure_latency(model, input_size, b, runs=plan.runs, warmup=plan.warmup, device=device,
+                                       budget_s=budget.share())
             budget.spend(time.perf_counter() - start)
-            out["pytorch"][name][str(b)] = t.to_dict()
+        out["pytorch"][name] = {str(b): timed[b].to_dict() for b in plan.batch_sizes}
     if onnx:
         out["onnxruntime"] = {}
         budget = _Budget(plan.budget_s, len(models) * len(plan.batch_sizes))
