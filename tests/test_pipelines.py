@@ -167,7 +167,8 @@ def test_resume_equals_an_uninterrupted_run(tmp_path):
     ("luo-wu", {}, {"evaluate": lambda m: float("nan")}, ValueError, "evaluate\\(\\) returned nan"),
     ("luo-wu", {}, {"finetune": _finetune_seeded(fail_at=1)}, KeyboardInterrupt, "interrupted"),
     ("efp", {}, {"ratios": {"features.*": 0.5}, "ratio": 0.5}, ValueError, "give one target"),
-    ("efp", {"alpha": 0.01, "rounds": 2}, {"speed_up": 2.0}, RuntimeError, "efp: target not reached"),
+    ("efp", {"min_keep_ratio": 0.9, "rounds": 2}, {"speed_up": 2.0}, RuntimeError,
+     r"efp: target not reached \(2.0x\): even with every layer at its floor"),
 ])
 def test_bad_input_is_one_clear_error_and_the_model_is_unchanged(name, kwargs, run_kwargs, error, message):
     model = Plain().eval()
