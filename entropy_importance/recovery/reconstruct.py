@@ -230,6 +230,11 @@ class _Fit:
                     self.batchnorm.running_mean.sub_(c.to(self.batchnorm.running_mean.dtype))
 
 
+def _batch_size(x: Any) -> int:
+    first = x if isinstance(x, Tensor) else next(iter(x.values() if isinstance(x, dict) else x), None)
+    return int(first.shape[0]) if isinstance(first, Tensor) and first.dim() else 1
+
+
 def _levels(trace: LayerTrace, fits: dict[str, Any]) -> list[list[str]]:
     """Consecutive layers (in forward order) that read the same input tensor form one level."""
     levels: list[list[str]] = []
@@ -244,17 +249,21 @@ def _levels(trace: LayerTrace, fits: dict[str, Any]) -> list[list[str]]:
 
 
 def reconstruct(original: nn.Module, pruned: nn.Module, kept: dict[str, KeptChannels], inputs: Sequence[Any], *,
-                positions: int = 64, ridge: Sequence[float] = (1e-3,), intercept: bool = True, max_dim: int = 8192,
-                seed: int = 0, progress: Callable | None = None) -> list[LayerRecovery]:
+                positions: int = 64, samples_per_input: int = 16, ridge: Sequence[float] = (1e-3,),
+                intercept: bool = True, max_dim: int = 8192, seed: int = 0, progress: Callable | None = None
+                ) -> list[LayerRecovery]:
     """Refit ``pruned``'s conv / linear layers in place (see the module docstring); ``original`` is only run.
-    ``inputs`` are model inputs on both models' device, both models in eval mode. ``progress`` wraps the list of
-    levels (e.g. ``tqdm``). Returns one record per conv / linear layer of ``pruned``.
+    ``inputs`` are model inputs on both models' device, both models in eval mode. Each layer samples about
+    ``samples_per_input`` rows per input of its least squares (``d``) over all images, at most ``positions`` per
+    image. ``progress`` wraps the list of levels (e.g. ``tqdm``). Returns one record per conv / linear layer of
+    ``pruned``.
 
     Raises:
         ValueError: non-finite activations reaching a layer.
     """
     layers = tagged_layers(pruned)
     trace = trace_layers(pruned, first_examples(inputs[0], 2), layers)
+    images = sum(_batch_size(x) for x in inputs)
     records: list[LayerRecovery] = []
     fits: dict[str, _Fit] = {}
     bns = dict(pruned.named_modules())
@@ -270,6 +279,8 @@ def reconstruct(original: nn.Module, pruned: nn.Module, kept: dict[str, KeptChan
         rows = LayerRows(module, positions, use_intercept) if reason is None else None
         if rows is not None and rows.dim > max_dim:
             reason = f"{rows.dim} inputs per output exceed max_dim={max_dim}"
+        if rows is not None:
+            rows.positions = max(1, min(positions, math.ceil(samples_per_input * rows.dim / max(images, 1))))
         if reason is not None:
             records.append(LayerRecovery(name, "skipped", note=reason))
             continue

@@ -104,6 +104,7 @@ def recover(
     history: Any = None,
     calibration_batches: int | None = None,
     positions: int = 64,
+    samples_per_input: int = 16,
     ridge: float | Sequence[float] = RIDGES,
     intercept: bool = True,
     max_dim: int = 8192,
@@ -135,7 +136,9 @@ def recover(
         calibration_data: an iterable of batches (tensors, ``(input, target)`` or dicts), e.g. a DataLoader of
             training images; labels are not used.
         calibration_batches: read at most this many batches.
-        positions: output positions (conv) / tokens (linear) sampled per image for the least squares.
+        positions: at most this many output positions (conv) / tokens (linear) sampled per image.
+        samples_per_input: each layer samples about this many rows per input of its least squares over all the
+            calibration images (``16 * d``; fewer when the images have fewer positions).
         ridge: ridge strengths (relative to the mean diagonal of each layer's input Gram matrix; the fit is pulled
             towards the pruned layer's current weights), from which each layer takes the one with the lowest error on
             the calibration images held out of its fit (every fourth); a layer keeps its weights when none beats
@@ -156,7 +159,8 @@ def recover(
         raise ValueError("recover() needs a method: 'bn', 'reconstruct' or 'reconstruct+bn'")
     if not isinstance(original, nn.Module) or not isinstance(pruned, nn.Module):
         raise TypeError("original and pruned must be torch.nn.Module instances")
-    for name, value, low in (("positions", positions, 1), ("max_dim", max_dim, 1)):
+    for name, value, low in (("positions", positions, 1), ("samples_per_input", samples_per_input, 1),
+                             ("max_dim", max_dim, 1)):
         if not (isinstance(value, int) and not isinstance(value, bool) and value >= low):
             raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
     ridges = (ridge,) if isinstance(ridge, (int, float)) else tuple(ridge)
@@ -189,7 +193,8 @@ def recover(
         training = pruned.training
         work.eval()
         try:
-            _repair(source, work, segments, inputs, method, report, positions=positions, ridge=ridges,
+            _repair(source, work, segments, inputs, method, report, positions=positions,
+                    samples_per_input=samples_per_input, ridge=ridges,
                     intercept=intercept, max_dim=max_dim, seed=seed, progress=progress)
         except BaseException:
             if snapshot is not None:
@@ -205,7 +210,8 @@ def recover(
 
 
 def _repair(source: nn.Module, work: nn.Module, segments: list[list], inputs: list[Any], method: str,
-            report: RecoveryReport, *, positions: int, ridge: tuple[float, ...], intercept: bool, max_dim: int,
+            report: RecoveryReport, *, positions: int, samples_per_input: int, ridge: tuple[float, ...],
+            intercept: bool, max_dim: int,
             seed: int, progress: bool) -> None:
     """Apply ``method`` to ``work`` in place, filling ``report``."""
     if method != "bn":
@@ -216,7 +222,8 @@ def _repair(source: nn.Module, work: nn.Module, segments: list[list], inputs: li
             warnings.warn(report.note, stacklevel=3)
         else:
             bar = _progress_bar(progress, method)
-            report.layers = reconstruct(source, work, kept, inputs, positions=positions, ridge=ridge,
+            report.layers = reconstruct(source, work, kept, inputs, positions=positions,
+                                        samples_per_input=samples_per_input, ridge=ridge,
                                         intercept=intercept, max_dim=max_dim, seed=seed, progress=bar)
             too_big = [r.name for r in report.layers if r.status == "skipped" and "max_dim" in r.note]
             if too_big:
