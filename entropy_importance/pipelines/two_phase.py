@@ -84,7 +84,9 @@ class TwoPhasePipeline(Pipeline):
 
     def _step(self, ctx: PipelineContext, glob: bool, speed_up: float | None) -> None:
         """One step of ``step_ratio``; where it overshoots the speed-up target by more than the engine's tolerance,
-        it is replaced by the step of the smallest ratio that reaches the target."""
+        it is replaced by the step of the smallest ratio that reaches the target (in the layer-wise phase, by the
+        global step of the smallest ratio when even one channel per layer overshoots and the global step lands
+        closer)."""
         before = ctx.model
         ctx.prune(self.step_ratio, global_pruning=glob)
         remaining = _remaining_speed_up(ctx, speed_up)
@@ -95,6 +97,15 @@ class TwoPhasePipeline(Pipeline):
         if macs_after and ctx.report.macs_after / macs_after > remaining * (1 + _TOLERANCE):
             ctx.model = before
             ctx.prune_to_speed_up(remaining, global_pruning=glob)
+            if not glob:  # a layer-wise step moves every layer by a channel at least: on narrow layers that can
+                # overshoot far; the finest step that lands is a global one, taken when it lands closer
+                uniform, macs_uniform = ctx.model, tp_macs(ctx.model, ctx.example_inputs)
+                if macs_uniform and ctx.report.macs_after / macs_uniform > remaining * (1 + _TOLERANCE):
+                    ctx.model = before
+                    ctx.prune_to_speed_up(remaining, global_pruning=True)
+                    macs_global = tp_macs(ctx.model, ctx.example_inputs)
+                    if not macs_global or macs_global < macs_uniform:
+                        ctx.model = uniform
 
     def _frozen(self, finetune, ctx: PipelineContext):
         from .freeze import freeze_max_entropy
