@@ -97,7 +97,7 @@ def structure(recipe: Recipe, checkpoint: str | None = None, seed: int = 0) -> d
     images = 8 if recipe.imagenet_scale or recipe.task == "detection" else 64
     calibration = synthetic_calibration(recipe.input_size, recipe.num_classes, images, seed)
     pruned, report = _pipeline(recipe, structure_only=True).run(work, example, calibration_data=calibration,
-                                                                **recipe.target)
+                                                                recover=None, **recipe.target)
     result = compare_to_paper(recipe, params_before, count_params(pruned), macs_before, tp_macs(pruned, example))
     return {"recipe": recipe.name, "mode": "structure-only", "seconds": round(time.perf_counter() - t, 1),
             **result, "stages": len(report.stages), "reading": recipe.reading}

@@ -83,7 +83,8 @@ def test_efp_reaches_the_target_on_a_net_trained_on_fashion_mnist(trained, targe
     model, accuracy, data = trained
     assert accuracy > 0.6  # the net did learn: its entropies are a trained network's
     x = data[0][0][:1]
-    pruned, report = create_pipeline("efp", rounds=ROUNDS).run(model, x, calibration_data=data, speed_up=target)
+    pruned, report = create_pipeline("efp", rounds=ROUNDS).run(model, x, calibration_data=data, speed_up=target,
+        recover=None)
     measured, rounds = _speed_ups(model, pruned, report, x)
     assert target <= measured <= target * (1 + TOLERANCE)
     _check_schedule(rounds, target, ROUNDS)
@@ -103,7 +104,8 @@ def test_efp_reaches_the_target_on_a_net_trained_on_fashion_mnist(trained, targe
 def test_efp_reaches_the_target_on_random_weights(target):
     model, x = Tiny(seed=1).eval(), torch.randn(1, 1, 28, 28)
     data = image_batches(4, 16, 28, channels=1)
-    pruned, report = create_pipeline("efp", rounds=ROUNDS).run(model, x, calibration_data=data, speed_up=target)
+    pruned, report = create_pipeline("efp", rounds=ROUNDS).run(model, x, calibration_data=data, speed_up=target,
+        recover=None)
     measured, rounds = _speed_ups(model, pruned, report, x)
     assert target <= measured <= target * (1 + TOLERANCE)
     _check_schedule(rounds, target, ROUNDS)
@@ -113,7 +115,7 @@ def test_efp_reaches_a_channel_ratio():
     model, x = Tiny(seed=2).eval(), torch.randn(1, 1, 28, 28)
     pruned, report = create_pipeline("efp", rounds=3).run(model, x, calibration_data=image_batches(4, 16, 28,
                                                                                                    channels=1),
-                                                          ratio=0.5)
+                                                          ratio=0.5, recover=None)
     widths = [m.out_channels for m in pruned.features.modules() if isinstance(m, nn.Conv2d)]
     removed = 1 - sum(widths) / (16 + 32 + 32 + 48)
     assert 0.5 <= removed <= 0.5 + 3 / 128  # a few maps of 128 past it at most
@@ -149,7 +151,7 @@ def test_a_target_the_dead_maps_reach_removes_exactly_them_with_the_papers_thres
     model = Plain(dead=DEAD).eval()
     target = _dead_only_speed_up(DEAD) * 0.99
     pruned, report = create_pipeline("efp", alpha=0.5, rounds=1).run(
-        model, X, calibration_data=image_batches(4, 8, 16), speed_up=target)
+        model, X, calibration_data=image_batches(4, 8, 16), speed_up=target, recover=None)
     assert report.stages[0].stage.name == "round 1" and report.options["selection"][0]["rule"] == "paper"
     assert report.stages[0].pruned == {"features.1.0": 3}
     assert _removed_rows(model, pruned) == set(DEAD)
@@ -159,7 +161,7 @@ def test_a_target_beyond_the_dead_maps_removes_them_first_then_healthy_ones():
     model = Plain(dead=DEAD).eval()
     target = 1 + 2.5 * (_dead_only_speed_up(DEAD) - 1)
     pruned, report = create_pipeline("efp", alpha=0.5, rounds=1).run(
-        model, X, calibration_data=image_batches(4, 8, 16), speed_up=target)
+        model, X, calibration_data=image_batches(4, 8, 16), speed_up=target, recover=None)
     assert "adapted alpha" in report.stages[0].stage.name
     assert report.options["selection"][0]["paper_maps"] == 3
     assert set(DEAD) <= _removed_rows(model, pruned)
@@ -170,7 +172,7 @@ def test_a_target_short_of_the_dead_maps_removes_no_healthy_map():
     model = Plain(dead=DEAD).eval()
     target = 1 + (_dead_only_speed_up(DEAD) - 1) / 3  # about one of the three dead maps
     pruned, report = create_pipeline("efp", alpha=0.5, rounds=1).run(
-        model, X, calibration_data=image_batches(4, 8, 16), speed_up=target)
+        model, X, calibration_data=image_batches(4, 8, 16), speed_up=target, recover=None)
     removed = _removed_rows(model, pruned)
     assert removed and removed <= set(DEAD)
     assert sum(report.stages[0].pruned.values()) == len(removed)  # and nothing elsewhere
@@ -183,20 +185,22 @@ def test_an_unreachable_target_fails_before_any_finetune():
     state = state_of(model)
     with pytest.raises(RuntimeError, match=r"^efp: target not reached \(3.0x\): even with every layer at its floor"):
         create_pipeline("efp", min_keep_ratio=0.8).run(model, X, calibration_data=image_batches(2, 8, 16),
-                                                       speed_up=3.0, finetune=lambda m, s: calls.append(s))
+                                                       speed_up=3.0, finetune=lambda m, s: calls.append(s),
+                                                           recover=None)
     assert calls == [] and same_state(model, state)
 
 
 def test_resume_of_a_target_run_equals_an_uninterrupted_run(tmp_path):
     model, data = Plain().eval(), image_batches(2, 8, 16)
     kwargs = dict(calibration_data=data, speed_up=2.0)
-    reference, ref_report = create_pipeline("efp", rounds=3).run(model, X, finetune=_finetune_seeded(), **kwargs)
+    reference, ref_report = create_pipeline("efp", rounds=3).run(model, X, finetune=_finetune_seeded(), **kwargs,
+        recover=None)
     ckpt = tmp_path / "ckpt.pt"
     with pytest.raises(KeyboardInterrupt):
         create_pipeline("efp", rounds=3).run(model, X, checkpoint=ckpt, finetune=_finetune_seeded(fail_at=1),
-                                             **kwargs)
+                                             **kwargs, recover=None)
     resumed, report = create_pipeline("efp", rounds=3).run(model, X, resume=ckpt, finetune=_finetune_seeded(),
-                                                           **kwargs)
+                                                           **kwargs, recover=None)
     assert [s.stage for s in report.stages] == [s.stage for s in ref_report.stages]
     assert report.options["selection"] == ref_report.options["selection"]
     assert same_state(resumed, reference.state_dict())
@@ -210,7 +214,8 @@ def test_relative_scores():
 def test_an_adapted_round_is_the_papers_rule_at_the_recorded_alpha():
     model, data = Plain(dead=DEAD).eval(), image_batches(4, 8, 16)
     target = 1 + 2.5 * (_dead_only_speed_up(DEAD) - 1)
-    _, report = create_pipeline("efp", alpha=0.5, rounds=1).run(model, X, calibration_data=data, speed_up=target)
+    _, report = create_pipeline("efp", alpha=0.5, rounds=1).run(model, X, calibration_data=data, speed_up=target,
+        recover=None)
     alpha = report.options["selection"][0]["alpha"]
     assert alpha > 0.5
     # the oracle: the selection rule itself, applied at that alpha to the criterion's raw scores of the model

@@ -44,7 +44,7 @@ def test_layer_by_layer_visits_layers_in_order_and_finetunes_after_each(order, e
     model = Plain().eval()
     pruned, report = create_pipeline("luo-wu", order=order).run(
         model, X, calibration_data=image_batches(2, 8, 16), ratio=0.25,
-        finetune=lambda m, stage: calls.append((stage.kind, stage.name, m.features[0][0].out_channels)))
+        finetune=lambda m, stage: calls.append((stage.kind, stage.name, m.features[0][0].out_channels)), recover=None)
     assert [name for kind, name, _ in calls] == expected + ["final"]
     assert [s.pruned for s in report.stages[:-1]] == [{n: 4} for n in expected]  # 25 % of 16, one layer a stage
     # each finetune sees the model as pruned so far: the first layer is narrowed exactly when its stage comes
@@ -57,7 +57,7 @@ def test_selection_module_removes_exactly_the_planted_dead_maps():
     dead = (2, 5, 11)
     model = Plain(dead=dead).eval()
     pipe = create_pipeline("efp", alpha=0.5, rounds=1)
-    pruned, report = pipe.run(model, X, calibration_data=image_batches(4, 8, 16))
+    pruned, report = pipe.run(model, X, calibration_data=image_batches(4, 8, 16), recover=None)
     assert report.stages[0].pruned == {"features.1.0": 3}  # none of the healthy layers lose a map
     kept = pruned.features[1][0].weight
     original = model.features[1][0].weight
@@ -70,7 +70,7 @@ def test_selection_module_within_a_budget_drops_the_planted_maps_first_and_ends_
     model = Plain(dead=dead).eval()
     table = {"features.1.0": 0.5, "features.3.0": 0.25}
     pruned, report = create_pipeline("efp", alpha=0.5, rounds=3).run(
-        model, X, calibration_data=image_batches(4, 8, 16), ratios=table)
+        model, X, calibration_data=image_batches(4, 8, 16), ratios=table, recover=None)
     # round 1: the selection module finds the three dead maps (within the budget of 8); the last round takes the rest
     assert report.stages[0].pruned == {"features.1.0": 3}
     assert report.stages[-2].stage.name == "round 3"
@@ -116,7 +116,7 @@ def test_two_phase_switches_phase_where_the_accuracy_drop_crosses_the_threshold(
     model, evaluate, data = _trained()
     pipe = create_pipeline("2pfpce", threshold=0.03, step_ratio=0.15, freeze_fraction=0.0)
     pruned, report = pipe.run(model, torch.randn(1, 3, 28, 28), calibration_data=data, evaluate=evaluate,
-                              speed_up=3.0)
+                              speed_up=3.0, recover=None)
     base = report.metric_before
     steps = [s for s in report.stages if s.stage.kind == "step"]
     phases = [s.stage.phase for s in steps]
@@ -147,13 +147,13 @@ def _finetune_seeded(fail_at: int | None = None):
 def test_resume_equals_an_uninterrupted_run(tmp_path):
     model, data = Plain().eval(), image_batches(2, 8, 16)
     reference, ref_report = create_pipeline("luo-wu").run(model, X, calibration_data=data, ratio=0.25,
-                                                          finetune=_finetune_seeded())
+                                                          finetune=_finetune_seeded(), recover=None)
     ckpt = tmp_path / "ckpt.pt"
     with pytest.raises(KeyboardInterrupt):
         create_pipeline("luo-wu").run(model, X, calibration_data=data, ratio=0.25, checkpoint=ckpt,
-                                      finetune=_finetune_seeded(fail_at=2))
+                                      finetune=_finetune_seeded(fail_at=2), recover=None)
     resumed, report = create_pipeline("luo-wu").run(model, X, calibration_data=data, ratio=0.25, resume=ckpt,
-                                                    finetune=_finetune_seeded())
+                                                    finetune=_finetune_seeded(), recover=None)
     assert same_state(resumed, reference.state_dict())
     assert [s.stage for s in report.stages] == [s.stage for s in ref_report.stages]
     assert json.loads(report.to_json())["stages"][0]["stage"]["name"] == "features.0.0"
@@ -174,7 +174,8 @@ def test_bad_input_is_one_clear_error_and_the_model_is_unchanged(name, kwargs, r
     model = Plain().eval()
     state = state_of(model)
     with pytest.raises(error, match=message):
-        create_pipeline(name, **kwargs).run(model, X, calibration_data=image_batches(2, 8, 16), **run_kwargs)
+        create_pipeline(name, **kwargs).run(model, X, calibration_data=image_batches(2, 8, 16), **run_kwargs,
+            recover=None)
     assert same_state(model, state)
 
 
@@ -208,7 +209,7 @@ def test_each_pipeline_runs_on_resnet56_vgg16_and_a_timm_model(name, arch, tmp_p
     stages = []
     pruned, report = create_pipeline(name, **options).run(
         model, x, calibration_data=image_batches(2, 8, size), finetune=lambda m, s: stages.append(s),
-        evaluate=lambda m: 0.0, **target)
+        evaluate=lambda m: 0.0, **target, recover=None)
     assert report.params_after < report.params_before and stages[-1].kind == "final"
     if "speed_up" in target:
         assert report.speed_up >= target["speed_up"]
@@ -239,7 +240,7 @@ def test_layer_by_layer_prunes_a_residual_stream_once_to_its_ratio_of_the_origin
     # int(16 * 0.5) = 8 channels, not 16 * 0.5^3 = 2 as re-pruning "its ratio of what is left" would
     torch.manual_seed(0)
     pruned, report = create_pipeline("luo-wu").run(_Residual().eval(), X, calibration_data=image_batches(2, 8, 16),
-                                                   ratio=0.5)
+                                                   ratio=0.5, recover=None)
     assert pruned.stem.out_channels == 8 and pruned.blocks[1][2].out_channels == 8
     assert pruned.blocks[0][0].out_channels == 8 and pruned.blocks[1][0].out_channels == 8
     removed = {s.stage.name: sum(s.pruned.values()) for s in report.stages if s.stage.kind == "layer"}

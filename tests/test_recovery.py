@@ -391,3 +391,14 @@ def test_reconstruction_repairs_a_trained_net_on_fashion_mnist():
     fixed, _ = recover(net, pruned, calibration, "reconstruct")
     assert accuracy(fixed) >= raw + 0.20, (base, raw, accuracy(fixed))
     assert accuracy(fixed) >= base - 0.05, (base, raw, accuracy(fixed))
+
+
+def test_pipelines_recover_by_reconstruction_by_default_when_given_data():
+    net = _small_resnet()
+    data = _data(2, 16, (3, 32, 32))
+    _, report = ei.create_pipeline("luo-wu", importance="tp-magnitude-l2", layers=["layer1.*"]).run(
+        net, data[0][:1], calibration_data=data, ratio=0.3)
+    stages = [s for s in report.stages if s.pruned]
+    assert stages and all(s.recovery["method"] == "reconstruct" and s.recovery["refitted"] > 0 for s in stages)
+    _, plain = ei.create_pipeline("fec", layers=["layer1.*"]).run(net, data[0][:1], ratio=0.3)  # data-free, no data
+    assert all(s.recovery is None for s in plain.stages)

@@ -81,7 +81,7 @@ def _shape_options(p: argparse.ArgumentParser) -> None:
 
 
 def _data_options(p: argparse.ArgumentParser) -> None:
-    data = p.add_argument_group("calibration data (data-driven criteria only)")
+    data = p.add_argument_group("calibration data (data-driven criteria and --recover)")
     data.add_argument("--data", default=None, metavar="SOURCE",
                       help="fashion-mnist (local files: Debian's dataset-fashion-mnist, $FASHION_MNIST_ROOT or the "
                            "cache), imagefolder:DIR (one subfolder per class, or images directly in DIR) or "
@@ -89,6 +89,9 @@ def _data_options(p: argparse.ArgumentParser) -> None:
     data.add_argument("--download", action="store_true", help="with --data cifar10:DIR: download CIFAR-10 into DIR")
     data.add_argument("--calibration-batches", type=int, default=8, help="batches to calibrate on (default 8)")
     data.add_argument("--batch-size", type=int, default=32, help="calibration batch size (default 32)")
+    data.add_argument("--recover", choices=("none", "bn", "reconstruct", "reconstruct+bn"), default="none",
+                      help="repair the pruned model without training on the --data images: reconstruct (layer-wise "
+                           "least squares), bn (BatchNorm statistics) or both (default none)")
 
 
 def _run_options(p: argparse.ArgumentParser) -> None:

@@ -76,8 +76,13 @@ def _criterion(args: argparse.Namespace, source: DataSource | None) -> Importanc
     if info.needs_data and source is None:
         raise CLIError(f"criterion {args.criterion!r} needs calibration images: add --data fashion-mnist "
                        "(or imagefolder:DIR / cifar10:DIR)")
-    if source is not None and not info.needs_data:
-        raise CLIError(f"criterion {args.criterion!r} is data-free: --data would not be used; drop it")
+    recover = getattr(args, "recover", "none")
+    if recover != "none" and source is None:
+        raise CLIError(f"--recover {recover} needs calibration images: add --data fashion-mnist "
+                       "(or imagefolder:DIR / cifar10:DIR)")
+    if source is not None and not info.needs_data and recover == "none":
+        raise CLIError(f"criterion {args.criterion!r} is data-free: --data would not be used; drop it (or add "
+                       "--recover reconstruct to repair the pruned model on it)")
     return info
 
 

@@ -64,7 +64,8 @@ def run(args: argparse.Namespace) -> dict:
     loaded = load_model(args, plan)
     criterion = get_importance_info(args.criterion)
     progress = not args.quiet and sys.stderr.isatty()  # bars only on a terminal
-    data = load_calibration(args, source, loaded, progress) if criterion.needs_data else None
+    recover = None if args.recover == "none" else args.recover
+    data = load_calibration(args, source, loaded, progress) if criterion.needs_data or recover else None
     model = loaded.model.to(args.device)
     x = torch.randn(1, *loaded.input_size, device=args.device)
     timings: dict[str, float] = {}
@@ -77,7 +78,8 @@ def run(args: argparse.Namespace) -> dict:
             try:
                 pruned, result = prune(model, x, args.criterion, ratio=args.ratio, speed_up=args.speed_up,
                                        global_pruning=args.global_pruning, round_to=args.round_to,
-                                       calibration_data=None if data is None else _ProgressBatches(data, progress))
+                                       calibration_data=None if data is None else _ProgressBatches(data, progress),
+                                       recover=recover, recover_options={"progress": progress} if recover else None)
             except (ValueError, TypeError) as e:
                 raise CLIError(first_line(e)) from None
         with _stage(bar, timings, "count_after_s", "counting (after)"):
@@ -102,6 +104,7 @@ def run(args: argparse.Namespace) -> dict:
         "data": str(source) if data is not None else None,
         "calibration_images": sum(len(y) for _, y in data) if data is not None else 0,
         "before": before, "after": after, "latency": latency, "kept_unpruned": result.kept_unpruned,
+        "recovery": None if result.recovery is None else result.recovery.summary(),
         "timings": timings, "out": args.out,
     }
     if args.json:

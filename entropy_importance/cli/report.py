@@ -69,6 +69,11 @@ def print_report(r: dict) -> None:
     t = r["timings"]
     for name, reason in r["kept_unpruned"].items():
         print(f"kept unpruned: {name}: {reason}")
+    recovery = r.get("recovery")
+    if recovery:
+        print(f"recovery {recovery['method']}: {recovery['refitted']} layers refitted, {recovery['batchnorm_layers']} "
+              f"BatchNorm layers re-estimated on {recovery['images']} images, {recovery['seconds']:.2f} s "
+              "(inside the pruning time)")
     print(f"wall time {t['total_s']:.2f} s (pruning {t['prune_s']:.2f} s, counting "
           f"{t['count_before_s'] + t['count_after_s']:.2f} s, latency {t.get('latency_s', 0.0):.2f} s)")
     if r["out"]:

@@ -284,7 +284,7 @@ class Pipeline:
             evaluate: Callable[[nn.Module], float] | None = None, ratio: float | None = None,
             ratios: Mapping[str, float] | None = None, speed_up: float | None = None,
             checkpoint: str | os.PathLike | None = None, resume: str | os.PathLike | None = None,
-            report_path: str | os.PathLike | None = None, recover: str | None = None,
+            report_path: str | os.PathLike | None = None, recover: str | None = "auto",
             recover_options: Mapping[str, Any] | None = None) -> tuple[nn.Module, PipelineReport]:
         """Run the procedure on a copy of ``model``; returns ``(pruned_model, report)``.
 
@@ -299,7 +299,11 @@ class Pipeline:
             report_path: write the final report as JSON here.
             recover: after every pruning stage, before ``finetune``, repair the model without training
                 (:func:`~entropy_importance.recover` on ``calibration_data``, against the model before the stage):
-                ``"reconstruct"``, ``"bn"``, ``"reconstruct+bn"`` or None (default). The stage report records it.
+                ``"reconstruct"``, ``"bn"``, ``"reconstruct+bn"`` or None; ``"auto"`` (default) is ``"reconstruct"``
+                when ``calibration_data`` is given, else None. Measured on a ResNet trained on Fashion-MNIST
+                (91.5 %), luo-wu / efp to 2x MACs with no fine-tune: 10.2 / 10.1 % test accuracy without recovery,
+                57.3 / 64.2 % with ``"bn"``, 89.4 / 89.9 % with ``"reconstruct"`` (docs/pipelines.md). The stage
+                report records it.
             recover_options: more arguments of :func:`~entropy_importance.recover`.
 
         Raises:
@@ -311,6 +315,8 @@ class Pipeline:
             raise ValueError(f"ratio must be in [0, 1), got {ratio!r}")
         if speed_up is not None and not (isinstance(speed_up, (int, float)) and speed_up > 1):
             raise ValueError(f"speed_up must be a number > 1, got {speed_up!r}")
+        if recover == "auto":
+            recover = "reconstruct" if calibration_data is not None else None
         method = check_method(recover)
         if method is not None and calibration_data is None:
             raise ValueError(f"recover={recover!r} needs calibration_data= (batches of the model's inputs)")

@@ -14,6 +14,7 @@ import torch
 import torch.nn as nn
 
 from ..calibration.batches import call_model, first_examples, model_device, split_batch, to_device
+from ..messages import first_line
 from ..serialization import pruning_record
 from .batchnorm import reestimate_batchnorm
 from .channels import kept_channels, tagged_layers
@@ -26,11 +27,6 @@ __all__ = ["recover", "check_method", "METHODS"]
 METHODS = ("bn", "reconstruct", "reconstruct+bn")
 #: the ridge strengths each layer chooses from on its held-out calibration images
 RIDGES = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return f"{type(e).__name__}: {text.splitlines()[0][:200] if text else ''}"
 
 
 def check_method(method: Any) -> str | None:
@@ -184,8 +180,9 @@ def recover(
             try:
                 call_model(source, inputs[0])
             except Exception as e:  # noqa: BLE001 - the caller's data does not fit the model
-                raise ValueError(f"calibration batch 0 does not run through the original model ({_first_line(e)}): "
-                                 "give batches shaped like the model's inputs, of its dtype and device") from None
+                reason = first_line(e, 200, with_type=True)
+                raise ValueError(f"calibration batch 0 does not run through the original model ({reason}): give "
+                                 "batches shaped like the model's inputs, of its dtype and device") from None
         if inplace:
             work, snapshot = pruned, {k: v.detach().clone() for k, v in pruned.state_dict().items()}
         else:
