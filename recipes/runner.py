@@ -132,7 +132,7 @@ def _plot(report: dict, path: Path) -> bool:
     except ImportError:
         return False
     stages = report["stages"]
-    names = ["base"] + [s["name"] for s in stages]
+    names = ["base"] + [s["stage"]["name"] for s in stages]
     macs = [report["macs_before"]] + [s["macs"] for s in stages]
     metric = [report["metric_before"]] + [s["metric"] for s in stages]
     fig, ax = plt.subplots(figsize=(max(6, 0.35 * len(names)), 4))
