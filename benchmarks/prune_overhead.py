@@ -1,7 +1,8 @@
 """``prune()`` against a plain Torch-Pruning prune of the same model at the same ratio, on the curated model list
 (``benchmarks/curated.py``, the list tests/test_models.py tests).
 
-    OMP_NUM_THREADS=1 python -m benchmarks.prune_overhead [--repeats 3] [--models timm:resnet18 ...]
+    OMP_NUM_THREADS=1 python -m benchmarks.prune_overhead [--repeats 3] [--models timm:resnet18 ...] \
+        [--out table.md] [--jsonl rows.jsonl]
 
 For each model and repeat, interleaved, each on a fresh copy of the seeded random-weight model:
 
@@ -15,15 +16,22 @@ For each model and repeat, interleaved, each on a fresh copy of the seeded rando
 
 Times are CPU seconds of this process (``--clock cpu``, robust to other load on a shared machine; with one torch
 thread they equal wall time on an idle machine), fastest of ``--repeats``. A model counts when both sides handle it:
-plain Torch-Pruning raises nothing and the pruned model still runs. The target: ``prune()`` <= 2x plain.
+plain Torch-Pruning raises nothing and the pruned model still runs. The target: ``prune(l2)`` <= 2x plain (the
+engine's overhead; ``prune(default)`` adds what our criterion costs over the magnitude). The table's first line says
+when, with which versions and with which code (the commit, and whether the package had uncommitted changes) it was
+measured.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import json
+import subprocess
 import time
 import warnings
+from importlib import metadata
+from pathlib import Path
 
 import torch
 import torch_pruning as tp
@@ -76,16 +84,34 @@ def measure(spec: str, size: int, repeats: int, clock) -> dict:
     return {"model": spec, "size": size, "seconds": best, "errors": errors}
 
 
-def render(rows: list[dict], command: str) -> str:
+def code_version() -> str:
+    """The commit of the code measured, and whether ``entropy_importance/`` or ``benchmarks/`` differ from it."""
+    root = Path(__file__).resolve().parent.parent
+
+    def git(*args: str) -> str:
+        try:
+            return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=30).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return ""
+
+    commit = git("rev-parse", "--short", "HEAD") or "unknown"
+    dirty = git("status", "--porcelain", "--", "entropy_importance", "benchmarks")
+    return f"commit {commit}" + (" with uncommitted changes to the package or benchmarks" if dirty else "")
+
+
+def render(rows: list[dict], command: str, code: str = "") -> str:
     both = [r for r in rows if "plain" in r["seconds"] and "prune(l2)" in r["seconds"]]
     for r in both:
         s = r["seconds"]
         r["ratio_l2"] = s["prune(l2)"] / s["plain"]
         r["ratio_default"] = s["prune(default)"] / s["plain"] if "prune(default)" in s else float("nan")
-    lines = [f"Measured {time.strftime('%Y-%m-%d')}, torch {torch.__version__}, Torch-Pruning {tp.__version__}: "
-             f"`{command}`. {len(both)} of {len(rows)} curated models handled by both; "
-             f"`prune(l2)` within {TARGET:g}x of plain on {sum(r['ratio_l2'] <= TARGET for r in both)} of them, "
-             f"`prune(default)` on {sum(r['ratio_default'] <= TARGET for r in both)}.", "",
+    missed = [r["model"] for r in sorted(both, key=lambda r: -r["ratio_l2"]) if r["ratio_l2"] > TARGET]
+    lines = [f"Measured {time.strftime('%Y-%m-%d')}, torch {torch.__version__}, Torch-Pruning "
+             f"{metadata.version('torch-pruning')}, {code or code_version()}: `{command}`. {len(both)} of {len(rows)} "
+             f"curated models handled by both; `prune(l2)` within {TARGET:g}x of plain on "
+             f"{sum(r['ratio_l2'] <= TARGET for r in both)} of them"
+             + (f" (not: {', '.join(f'`{m}`' for m in missed)})" if missed else "")
+             + f", `prune(default)` on {sum(r['ratio_default'] <= TARGET for r in both)}.", "",
              "| model | plain s | prune(l2) s | ÷ plain | prune(default) s | ÷ plain |", "|---|---|---|---|---|---|"]
     for r in sorted(both, key=lambda r: -r["ratio_l2"]):
         s = r["seconds"]
@@ -105,7 +131,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--clock", choices=sorted(CLOCKS), default="cpu")
     p.add_argument("--out", default=None, help="also write the markdown table here")
     p.add_argument("--rows", default=None, help="also include the rows printed by an earlier run (its log)")
+    p.add_argument("--jsonl", default=None, help="also write the raw rows here, one JSON object a line")
     args = p.parse_args(argv)
+    code = code_version()  # before the run: the code measured
     models = [(s, n) for s, n in CURATED_MODELS if args.models is None or s in args.models]
     rows = []
     if args.rows:
@@ -119,11 +147,15 @@ def main(argv: list[str] | None = None) -> None:
         rows.append(row)
         print(row, flush=True)
     command = "python -m benchmarks.prune_overhead" + (f" --repeats {args.repeats}" if args.repeats != 3 else "")
-    table = render(rows, command)
+    table = render(rows, command, code)
     print(table)
     if args.out:
         with open(args.out, "w") as f:
             f.write(table + "\n")
+    if args.jsonl:
+        with open(args.jsonl, "w") as f:
+            for row in rows:
+                f.write(json.dumps({k: row[k] for k in ("model", "size", "seconds", "errors")}) + "\n")
 
 
 if __name__ == "__main__":

@@ -282,8 +282,9 @@ def test_a_model_without_breaking_groups_is_checked_once_not_once_per_group():
     pruned, report = prune(model, torch.randn(2, 8), "information-capacity", ratio=0.5)
     assert report.rounds == 1 and {b[0].out_features for b in pruned.blocks} == {16}
     # 13 prunable groups (12 hidden widths + the stream); a forward check per group would alone make 13 passes.
-    # Counted by hand: reference, MACs and widths before and after (2 + 2), Torch-Pruning's trace, one check = 7
-    assert len(calls) == 7
+    # Counted by hand: the base's reference pass (which also counts its MACs and widths), Torch-Pruning's trace, and
+    # one check after the step (which counts the pruned model's MACs and widths) = 3
+    assert len(calls) == 3
 
 
 def test_shufflenet_keeps_the_convs_whose_channels_cross_a_channel_shuffle():
@@ -344,3 +345,123 @@ def test_only_fused_qkv_attention_gets_heads_and_a_synced_head_dim():
     model[0].qkv.out_features = model[1].qkv.out_features = 48  # as if pruned: 48 = 3 q/k/v x 4 heads x 4
     sync_attention_heads(model)
     assert (model[0].head_dim, model[1].head_dim) == (4, 8)
+
+
+RATIOS = [0.1, 0.3, 0.5, 0.7, 0.8, 0.9, 0.95, 0.97, 0.98, 0.99]
+
+
+@pytest.mark.parametrize("global_pruning", [False, True])
+def test_speed_up_never_falls_as_the_ratio_rises(global_pruning):
+    import timm
+
+    torch.manual_seed(0)
+    model, x = timm.create_model("resnet18", num_classes=10).eval(), torch.randn(1, 3, 32, 32)
+    speed_ups = []
+    for ratio in RATIOS:
+        pruned, report = prune(model, x, "tp-magnitude-l2", ratio=ratio, global_pruning=global_pruning)
+        speed_ups.append(report.speed_up)
+        assert min(m.out_channels for m in pruned.modules() if isinstance(m, nn.Conv2d)) >= 1
+        assert report.kept_unpruned == {"fc": "classifier"}  # nothing else left whole, nothing left unsaid
+    assert speed_ups == sorted(speed_ups), dict(zip(RATIOS, speed_ups, strict=True))
+    assert speed_ups[-1] > 100  # 3.11x before: at 0.99 the 64-channel stem and layer1 were left whole
+
+
+def test_local_pruning_keeps_one_channel_where_the_ratio_leaves_none():
+    import timm
+
+    torch.manual_seed(0)
+    model, x = timm.create_model("resnet18", num_classes=10).eval(), torch.randn(1, 3, 32, 32)
+    pruned, report = prune(model, x, "tp-magnitude-l2", ratio=0.99)
+    before = dict(model.named_modules())
+    # Torch-Pruning's local rule keeps int(C * (1 - ratio)) of a group's C channels: 0 for C < 100 at 0.99, where
+    # Torch-Pruning 1.6 skipped the group (the stem and layer1 stayed at 64); the floor is one channel
+    for name, conv in pruned.named_modules():
+        if isinstance(conv, nn.Conv2d):
+            assert conv.out_channels == max(1, int(before[name].out_channels * (1 - 0.99))), name
+    assert pruned.conv1.out_channels == 1 and pruned.layer4[1].conv2.out_channels == 5
+    assert pruned(torch.randn(2, 3, 32, 32)).shape == (2, 10) and report.steps == 1
+
+
+class GroupedChain(nn.Module):
+    """conv (8) -> grouped conv (8, 2 groups of 4) -> conv (4) -> classifier."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.a = nn.Conv2d(3, 8, 3, padding=1)
+        self.g = nn.Conv2d(8, 8, 3, padding=1, groups=2)
+        self.c = nn.Conv2d(8, 4, 3, padding=1)
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x):
+        return self.fc(self.c(torch.relu(self.g(torch.relu(self.a(x))))).mean((2, 3)))
+
+
+def test_a_grouped_layer_keeps_one_channel_per_channel_group():
+    model, x = GroupedChain().eval(), torch.randn(2, 3, 8, 8)
+    pruned, report = prune(model, x, "tp-magnitude-l2", ratio=0.99)
+    # by hand: g's output and a's output (g's input) come in 2 channel groups of 4; int(4 x 0.01) = 0 per group,
+    # so the floor is one channel in each group: 2; c (4 channels, no groups) keeps 1
+    assert (pruned.a.out_channels, pruned.g.out_channels, pruned.g.in_channels, pruned.c.out_channels) == (2, 2, 2, 1)
+    assert pruned(x).shape == (2, 3) and report.kept_unpruned == {"fc": "classifier"}
+
+
+class ResidualStream(nn.Module):
+    """stem (16) -> + b(relu(a(x))) (a: 16 -> 32 hidden, b: 32 -> 16) -> classifier: the stream group holds stem's
+    and b's outputs, the hidden group a's outputs."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.stem = nn.Conv2d(3, 16, 3, padding=1)
+        self.a = nn.Conv2d(16, 32, 3, padding=1)
+        self.b = nn.Conv2d(32, 16, 3, padding=1)
+        self.fc = nn.Linear(16, 3)
+
+    def forward(self, x):
+        x = self.stem(x)
+        x = x + self.b(torch.relu(self.a(x)))
+        return self.fc(x.mean((2, 3)))
+
+
+def test_a_group_coupled_with_a_kept_layer_is_reported_with_it():
+    model, x = ResidualStream().eval(), torch.randn(2, 3, 8, 8)
+    pruned, report = prune(model, x, "tp-magnitude-l2", ratio=0.5, ignored_layers=[model.b])
+    # by hand: keeping b keeps its output channels, which are the stream's (the residual add): stem stays at 16;
+    # the hidden group (a's outputs, b's inputs) is pruned to 16
+    assert (pruned.stem.out_channels, pruned.a.out_channels, pruned.b.in_channels) == (16, 16, 16)
+    assert report.kept_unpruned == {"fc": "classifier", "b": "ignored by the caller",
+                                    "stem": "its channels are coupled with 'b', which is kept unpruned"}
+
+
+def test_a_group_the_criterion_does_not_score_is_reported():
+    import torch_pruning as tp
+
+    class NotA(tp.importance.GroupMagnitudeImportance):
+        def __call__(self, group, **kwargs):
+            return None if isinstance(group[0].dep.target.module, nn.Conv2d) and \
+                group[0].dep.target.module.out_channels == 32 else super().__call__(group, **kwargs)
+
+    model, x = ResidualStream().eval(), torch.randn(2, 3, 8, 8)
+    pruned, report = prune(model, x, NotA(), ratio=0.5)
+    assert (pruned.stem.out_channels, pruned.a.out_channels) == (8, 32)  # a's group unscored: left whole
+    assert report.kept_unpruned == {"fc": "classifier", "a": "NotA gives this group no scores"}
+
+
+@pytest.mark.parametrize("criterion", ["gap-entropy", "tp-taylor"])
+def test_calibration_batches_the_model_cannot_run_are_one_error_before_pruning(criterion):
+    from conftest import image_batches
+
+    from entropy_importance import CalibrationError
+
+    model = resnet56(10).eval()
+    before = state_of(model)
+    good, grey = image_batches(2), image_batches(1, channels=1)
+    for data, index in ((grey, 0), (good + grey, 2)):
+        with pytest.raises(CalibrationError) as raised:
+            prune(model, torch.randn(1, 3, 32, 32), criterion, ratio=0.5, calibration_data=data)
+        message = str(raised.value)
+        assert message.startswith(f"calibration batch {index} does not run through the model: ")
+        assert "expected input[8, 1, 32, 32] to have 3 channels" in message  # PyTorch's first line, kept
+        assert message.endswith("; give batches shaped like the model's inputs") and "\n" not in message
+    assert same_state(model, before)

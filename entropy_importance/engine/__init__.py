@@ -2,7 +2,7 @@
 groups isolated, criteria measured and MACs counted; ``prune()`` and ``EntropyPruner`` on top of it."""
 
 from .attention import attention_num_heads, sync_attention_heads
-from .counting import count_macs, count_params, stage_widths, tp_macs
+from .counting import Measured, count_macs, count_params, measured_forward, stage_widths, tp_macs
 from .engine import Engine, EngineStep, PruneReport
 from .heads import classifier_layers, task_heads
 from .outputs import batch_size, forward, output_signature
@@ -11,4 +11,4 @@ from .pruner import EntropyPruner
 
 __all__ = ["Engine", "EngineStep", "PruneReport", "prune", "EntropyPruner", "task_heads", "classifier_layers",
            "attention_num_heads", "sync_attention_heads", "count_params", "count_macs", "tp_macs", "stage_widths",
-           "forward", "batch_size", "output_signature"]
+           "measured_forward", "Measured", "forward", "batch_size", "output_signature"]

@@ -20,6 +20,7 @@ import copy
 import math
 import re
 import warnings
+import weakref
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,12 +32,13 @@ from ..calibration.errors import CalibrationError, NotCalibratedError, StaleStat
 from ..calibration.observe import DataDrivenImportance
 from ..calibration.refresh import refresh_importance, requirements, reusable_batches
 from ..criteria.registry import create_importance
+from ..messages import first_line
 from ..models import build_spec
 from ..recovery import RecoveryReport, recover
 from ..repairs import GROUP_TIME_LIMIT, GroupFormationTimeout, repairs
 from ..serialization import PruningRecord, attach_record, describe_inputs, pruning_record, state_signature
 from .attention import attention_num_heads, sync_attention_heads
-from .counting import count_params, stage_widths, tp_macs
+from .counting import count_params, measured_forward
 from .heads import task_heads
 from .outputs import batch_size, forward, output_signature
 from .pruner import EntropyPruner
@@ -49,7 +51,16 @@ _SET_BY_ENGINE = ("pruning_ratio", "iterative_steps", "ignored_layers", "num_hea
 
 @dataclass
 class PruneReport:
-    """What the engine did. MACs are Torch-Pruning's counter (``tp.utils.count_ops_and_params``)."""
+    """What the engine did. MACs are Torch-Pruning's counter (``tp.utils.count_ops_and_params``).
+
+    ``kept_unpruned`` maps each layer left at its full width to why: the layers the engine keeps (task heads, the
+    caller's ``ignored_layers``, groups found to break the model) and every group the pruning step left whole, by
+    its root layer (coupled with a kept layer, not scored by the criterion, at one channel already, or a group
+    Torch-Pruning's index mapping would empty). Every other group is pruned, to at least one channel (one per
+    channel group of a grouped layer): where a ratio keeps ``int(C * (1 - ratio))`` = 0 of a group's ``C``
+    channels, one is kept (Torch-Pruning 1.6 alone leaves such a group whole, so that a higher ratio could give a
+    lower speed-up).
+    """
 
     params_before: int
     params_after: int
@@ -122,11 +133,6 @@ class _CriterionFailure(Exception):
         self.error = error
 
 
-def _short(e: BaseException) -> str:
-    text = f"{type(e).__name__}: {e}".strip().splitlines()[0]
-    return text[:160]
-
-
 def _same_place_in_repeated_blocks(name: str, modules: Mapping[str, nn.Module]) -> list[str]:
     """Layers of the same type at the same path with other block indices (``stages.3.blocks.1.attn.qkv`` ->
     ``stages.*.blocks.*.attn.qkv``): a group Torch-Pruning cannot form in one block it cannot form in the others."""
@@ -155,7 +161,9 @@ def _formation_failure(e: BaseException, model: nn.Module) -> _GroupFailure | No
             module = tb.tb_frame.f_locals.get("module", module)
         tb = tb.tb_next
     root = next((n for n, m in model.named_modules() if m is module), None) if module is not None else None
-    return None if root is None else _GroupFailure([root], f"Torch-Pruning cannot form this group ({_short(e)})", True)
+    if root is None:
+        return None
+    return _GroupFailure([root], f"Torch-Pruning cannot form this group ({first_line(e, 160, with_type=True)})", True)
 
 
 def _check_finite(model: nn.Module) -> None:
@@ -165,13 +173,9 @@ def _check_finite(model: nn.Module) -> None:
                              "weights; check the checkpoint or the training run that produced it")
 
 
-def _widths(model: nn.Module, x: Any) -> dict[str, int]:
-    if not isinstance(x, torch.Tensor):
-        return {}
-    try:
-        return stage_widths(model, x)
-    except Exception:  # noqa: BLE001 - widths are informative only
-        return {}
+def _shapes(model: nn.Module) -> tuple:
+    """The parameter shapes of ``model``: what its MACs and widths depend on (its weights' values do not count)."""
+    return tuple(tuple(p.shape) for p in model.parameters())
 
 
 class Engine:
@@ -255,13 +259,19 @@ class Engine:
             self.importance.bind(self.base)  # calibrated on the caller's model, of which the base is a copy
             self._base_measured = True
         self._batch = batch_size(example_inputs)
-        try:
-            self.reference = output_signature(forward(self.base, example_inputs), self._batch)
+        #: MACs and widths of the models checked by this engine (one forward pass gives the output structure, the
+        #: MACs and the widths), with the parameter shapes they were measured at
+        self._measured: weakref.WeakKeyDictionary[nn.Module, tuple[tuple, int | None, dict[str, int]]] = \
+            weakref.WeakKeyDictionary()
+        try:  # one forward pass: the output structure to keep, the MACs and the widths before
+            found = measured_forward(self.base, example_inputs)
         except Exception as e:  # noqa: BLE001 - the caller's model and inputs do not go together
-            raise ValueError(f"the model does not run on example_inputs ({_short(e)}): give inputs it accepts") from e
+            raise ValueError(f"the model does not run on example_inputs ({first_line(e, 160, with_type=True)}): "
+                             "give inputs it accepts") from e
+        self.reference = output_signature(found.output, self._batch)
+        self._measured[self.base] = (_shapes(self.base), found.macs, found.widths)
         self.params_before = count_params(self.base)
-        self.macs_before = tp_macs(self.base, example_inputs)
-        self.widths_before = _widths(self.base, example_inputs)
+        self.macs_before, self.widths_before = found.macs, found.widths
 
     # ------------------------------------------------------------------------------------------ measuring
     def measure(self, work: nn.Module, fresh: bool) -> None:
@@ -272,7 +282,7 @@ class Engine:
             return
         if fresh and isinstance(imp, DataDrivenImportance):
             if not self._base_measured:
-                refresh_importance(imp, self.base, self.calibration_data, self.calibration_batches)
+                self._refresh(self.base)
                 self._base_measured = True
             imp.bind(work)
             return
@@ -281,7 +291,38 @@ class Engine:
                 raise StaleStatisticsError("the model changed since the statistics were collected and no "
                                            "calibration_data was given to measure it again: pass calibration_data=")
             raise ValueError(f"{type(imp).__name__} needs data: pass calibration_data=")
-        refresh_importance(imp, work, self.calibration_data, self.calibration_batches)
+        self._refresh(work)
+
+    def _refresh(self, model: nn.Module) -> None:
+        """The criterion measured on ``model`` with the calibration data. A batch the model cannot run is one
+        :class:`CalibrationError` naming it; the loader's and the criterion's own errors pass as they are."""
+        call: dict[str, Any] = {"index": -1, "open": False}
+
+        def entering(_module, args, kwargs):
+            call.update(index=call["index"] + 1, open=True, args=args, kwargs=kwargs)
+
+        def leaving(_module, _args, _kwargs, _output):
+            call["open"] = False
+
+        handles = [model.register_forward_pre_hook(entering, with_kwargs=True),
+                   model.register_forward_hook(leaving, with_kwargs=True)]
+        try:
+            refresh_importance(self.importance, model, self.calibration_data, self.calibration_batches)
+        except (CalibrationError, NotCalibratedError, StaleStatisticsError):
+            raise
+        except Exception as e:
+            if not call["open"]:  # raised outside the model's forward pass: the loader's own error
+                raise
+            for h in handles:
+                h.remove()
+            failure = _failure_of(model, call["args"], call["kwargs"])
+            if failure is None:  # the model alone runs the batch: the criterion's hooks failed, as they did
+                raise
+            raise CalibrationError(f"calibration batch {call['index']} does not run through the model: "
+                                   f"{first_line(failure)}; give batches shaped like the model's inputs") from e
+        finally:
+            for h in handles:
+                h.remove()
 
     # ------------------------------------------------------------------------------------------ pruners
     def fresh_copy(self) -> nn.Module:
@@ -342,28 +383,47 @@ class Engine:
                         raise formation from None
                     if scored["roots"] is None:
                         raise
-                    raise _GroupFailure(scored["roots"], f"Torch-Pruning cannot prune this group ({_short(e)})") \
-                        from None
+                    reason = f"Torch-Pruning cannot prune this group ({first_line(e, 160, with_type=True)})"
+                    raise _GroupFailure(scored["roots"], reason) from None
                 roots = _group_roots(group, names, pruner.DG)
                 try:
                     group.prune()
                     if each_group:
                         sig = self._signature(work)
                 except Exception as e:  # noqa: BLE001 - any failure of this group isolates it
-                    raise _GroupFailure(roots, f"pruning breaks the forward pass ({_short(e)})") from None
+                    reason = f"pruning breaks the forward pass ({first_line(e, 160, with_type=True)})"
+                    raise _GroupFailure(roots, reason) from None
                 if each_group and sig != self.reference:
                     raise _GroupFailure(roots, "pruning changes the output structure")
         if not each_group:
             try:
-                sig = self._signature(work)
+                sig = self._signature(work, measure=True)
             except Exception:  # noqa: BLE001 - some group broke the model; the checked pass finds which
                 raise _BrokenSomewhere from None
             if sig != self.reference:
                 raise _BrokenSomewhere
 
-    def _signature(self, work: nn.Module) -> Any:
+    def _signature(self, work: nn.Module, measure: bool = False) -> Any:
+        """The output structure of ``work`` on the example inputs; with ``measure``, the same forward pass counts
+        its MACs and widths (:meth:`measured`)."""
         sync_attention_heads(work)
-        return output_signature(forward(work, self.example_inputs), self._batch)
+        if not measure:
+            return output_signature(forward(work, self.example_inputs), self._batch)
+        found = measured_forward(work, self.example_inputs)
+        self._measured[work] = (_shapes(work), found.macs, found.widths)
+        return output_signature(found.output, self._batch)
+
+    def measured(self, work: nn.Module) -> tuple[int | None, dict[str, int]]:
+        """Torch-Pruning's MAC count (None where its counter fails) and the stage widths of ``work``: those of the
+        forward pass that checked it, unless its shapes changed since; else one measured forward pass."""
+        found = self._measured.get(work)
+        if found is None or found[0] != _shapes(work):
+            try:
+                self._signature(work, measure=True)
+            except Exception:  # noqa: BLE001 - a model the engine did not check may not run: nothing to count
+                return None, {}
+            found = self._measured[work]
+        return found[1], found[2]
 
     def _keep_failing(self, failure: _GroupFailure) -> None:
         new = [r for r in failure.roots if r not in self.keep]
@@ -432,7 +492,8 @@ class Engine:
             except (CalibrationError, NotCalibratedError, StaleStatisticsError, GroupFormationTimeout):
                 raise
             except Exception as e:  # noqa: BLE001 - e.g. the dependency graph itself cannot be built
-                raise RuntimeError(f"Torch-Pruning cannot prune this model: {_short(e)}") from e
+                raise RuntimeError(f"Torch-Pruning cannot prune this model: {first_line(e, 160, with_type=True)}") \
+                    from e
 
     def search_ratio(self, speed_up: float, tolerance: float = 0.05, max_probes: int = 6
                      ) -> tuple[float, nn.Module, EntropyPruner]:
@@ -453,7 +514,7 @@ class Engine:
 
         def gap(r: float) -> float:  # sqrt(MACs after / before) - goal: <= 0 once the target is reached
             work, pruner = self.one_shot(r)
-            macs = tp_macs(work, self.example_inputs)
+            macs = self.measured(work)[0]
             if macs is None:
                 raise RuntimeError("Torch-Pruning's MAC counter fails on the pruned model; use ratio= instead")
             probes[r] = (macs, work, pruner)
@@ -481,6 +542,9 @@ class Engine:
                 lo, g_lo = r, g
                 g_hi = g_hi / 2 if last == -1 else g_hi
                 last = -1
+            for other in probes:  # only the best probe so far needs its model
+                if other != hi:
+                    probes[other] = (probes[other][0], None, None)
         _, work, pruner = probes[hi]
         return hi, work, pruner
 
@@ -503,10 +567,10 @@ class Engine:
                 self.measure(work, fresh=False)
             with repairs(self.group_time_limit):
                 pruner.step()
-            if self._signature(work) != self.reference:
+            if self._signature(work, measure=True) != self.reference:
                 raise RuntimeError(f"step {index} changed the output structure; run one_shot() first so that "
                                    "breaking groups are found and kept")
-            macs = tp_macs(work, self.example_inputs)
+            macs = self.measured(work)[0]
             speed = self.macs_before / macs if macs and self.macs_before else None
             yield EngineStep(index, work, pruner, macs, speed)
 
@@ -530,9 +594,37 @@ class Engine:
         for pruner in pruners:
             record = record.extended(pruner.pruning_history(), meta)
         attach_record(work, record)
-        return PruneReport(self.params_before, count_params(work), self.macs_before,
-                           tp_macs(work, self.example_inputs), self.widths_before,
-                           _widths(work, self.example_inputs), dict(self.keep), steps, self.rounds, ratio)
+        macs, widths = self.measured(work)
+        return PruneReport(self.params_before, count_params(work), self.macs_before, macs, self.widths_before,
+                           widths, {**self.keep, **self.left_whole(work, pruners)}, steps, self.rounds, ratio)
+
+    def left_whole(self, work: nn.Module, pruners: Iterable[EntropyPruner]) -> dict[str, str]:
+        """The groups Torch-Pruning's steps skipped (:attr:`EntropyPruner.skipped` of the last step of each pruner)
+        whose root layer still has its width in the base (output channels, or input channels for a group rooted at
+        them), by the root's name: why each was left whole."""
+        base = dict(self.base.named_modules())
+        names = {m: n for n, m in work.named_modules()}
+        left: dict[str, str] = {}
+        for pruner in pruners:
+            for module, reason in pruner.skipped.items():
+                name = names.get(module)
+                if name is None or name in self.keep or name not in base:
+                    continue
+                width = pruner.skipped_width(module)
+                if width is None and _shapes(module) == _shapes(base[name]) or \
+                        width is not None and width == pruner.skipped_width(module, base[name]):
+                    left[name] = reason
+        return left
+
+
+def _failure_of(model: nn.Module, args: tuple, kwargs: dict) -> BaseException | None:
+    """The error ``model(*args, **kwargs)`` raises without gradients, or None when it runs."""
+    try:
+        with torch.no_grad():
+            model(*args, **kwargs)
+    except Exception as e:  # noqa: BLE001 - returned for the message
+        return e
+    return None
 
 
 def _check_ratio(ratio: Any, what: str = "ratio") -> None:
