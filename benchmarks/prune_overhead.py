@@ -85,7 +85,8 @@ def measure(spec: str, size: int, repeats: int, clock) -> dict:
 
 
 def code_version() -> str:
-    """The commit of the code measured, and whether ``entropy_importance/`` or ``benchmarks/`` differ from it."""
+    """The commit of the code measured, and whether the tracked files it runs (``entropy_importance/``, this script,
+    the curated list) differ from it."""
     root = Path(__file__).resolve().parent.parent
 
     def git(*args: str) -> str:
@@ -95,8 +96,9 @@ def code_version() -> str:
             return ""
 
     commit = git("rev-parse", "--short", "HEAD") or "unknown"
-    dirty = git("status", "--porcelain", "--", "entropy_importance", "benchmarks")
-    return f"commit {commit}" + (" with uncommitted changes to the package or benchmarks" if dirty else "")
+    dirty = git("status", "--porcelain", "--untracked-files=no", "--", "entropy_importance",
+                "benchmarks/prune_overhead.py", "benchmarks/curated.py")
+    return f"commit {commit}" + (" with uncommitted changes to the package or this benchmark" if dirty else "")
 
 
 def render(rows: list[dict], command: str, code: str = "") -> str:
