@@ -402,3 +402,13 @@ def test_pipelines_recover_by_reconstruction_by_default_when_given_data():
     assert stages and all(s.recovery["method"] == "reconstruct" and s.recovery["refitted"] > 0 for s in stages)
     _, plain = ei.create_pipeline("fec", layers=["layer1.*"]).run(net, data[0][:1], ratio=0.3)  # data-free, no data
     assert all(s.recovery is None for s in plain.stages)
+
+
+def test_a_channels_last_model_comes_back_from_prune_in_channels_last():
+    net = _small_resnet().to(memory_format=torch.channels_last)
+    x = torch.randn(1, 3, 32, 32)
+    pruned, _ = ei.prune(net, x, "tp-magnitude-l2", ratio=0.3)
+    convs = [m for m in pruned.modules() if isinstance(m, nn.Conv2d) and m.kernel_size != (1, 1)]
+    assert convs and all(m.weight.is_contiguous(memory_format=torch.channels_last) for m in convs)
+    plain, _ = ei.prune(_small_resnet(), x, "tp-magnitude-l2", ratio=0.3)
+    assert all(m.weight.is_contiguous() for m in plain.modules() if isinstance(m, nn.Conv2d))

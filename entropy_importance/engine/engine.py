@@ -36,6 +36,7 @@ from ..messages import first_line
 from ..models import build_spec
 from ..recovery import RecoveryReport, recover
 from ..repairs import GROUP_TIME_LIMIT, GroupFormationTimeout, repairs
+from ..repairs.memory_format import guard_strided_1x1_convs, memory_format_of, restore_memory_format
 from ..serialization import PruningRecord, attach_record, describe_inputs, pruning_record, state_signature
 from .attention import attention_num_heads, sync_attention_heads
 from .counting import count_params, measured_forward
@@ -252,6 +253,7 @@ class Engine:
         self._inputs = describe_inputs(example_inputs)
 
         self.base = copy.deepcopy(model).eval()
+        self.memory_format = memory_format_of(model)  # pruned weights are put back in it (Torch-Pruning drops it)
         self.importance = copy.deepcopy(importance)  # the caller's instance keeps its state
         self._base_measured = False
         if isinstance(self.importance, DataDrivenImportance) and self.importance.calibrated \
@@ -325,6 +327,13 @@ class Engine:
                 h.remove()
 
     # ------------------------------------------------------------------------------------------ pruners
+    def _restore_memory_format(self, work: nn.Module) -> None:
+        """Pruned conv weights back in the model's memory format; a channels_last model's strided 1x1 convs run in
+        NCHW on CPU (oneDNN's backward kernel for them crashes on some widths: repairs.memory_format)."""
+        if self.memory_format == torch.channels_last:
+            restore_memory_format(work, self.memory_format)
+            guard_strided_1x1_convs(work)
+
     def fresh_copy(self) -> nn.Module:
         return copy.deepcopy(self.base).eval()
 
@@ -482,6 +491,7 @@ class Engine:
                 per_layer = {modules[n]: r for n, r in (ratio_dict or {}).items()}
                 pruner = self._new_pruner(work, ratio=ratio, ratio_dict=per_layer)
                 self._checked_step(pruner, work, each_group=each)
+                self._restore_memory_format(work)
                 return work, pruner
             except _BrokenSomewhere:
                 each = True
@@ -567,6 +577,7 @@ class Engine:
                 self.measure(work, fresh=False)
             with repairs(self.group_time_limit):
                 pruner.step()
+            self._restore_memory_format(work)
             if self._signature(work, measure=True) != self.reference:
                 raise RuntimeError(f"step {index} changed the output structure; run one_shot() first so that "
                                    "breaking groups are found and kept")
