@@ -116,9 +116,16 @@ class _Net(nn.Module):
 
 
 def test_pruning_returns_nchw_weights_and_restore_puts_back_channels_last():
+    import torch_pruning as tp
+
     model = _Net().eval().to(memory_format=CL)
     assert memory_format_of(model) == CL and memory_format_of(_Net()) == torch.contiguous_format
-    pruned, _ = ei.prune(model, torch.randn(1, 3, 16, 16), "tp-magnitude-l2", ratio=0.3)
+    # prune() gives the pruned weights back in the model's format (the engine restores it)
+    through_engine, _ = ei.prune(model, torch.randn(1, 3, 16, 16), "tp-magnitude-l2", ratio=0.3)
+    assert memory_format_of(through_engine) == CL
+    pruned = copy.deepcopy(model)
+    tp.pruner.MetaPruner(pruned, torch.randn(1, 3, 16, 16), tp.importance.MagnitudeImportance(p=2),
+                         pruning_ratio=0.3, ignored_layers=[pruned.fc]).step()
     # the finding: Torch-Pruning's index_select gives plain NCHW strides (no odd ones) to the pruned 3x3 weights
     w = pruned.body[3].weight
     assert w.shape == (11, 11, 3, 3) and w.is_contiguous() and not w.is_contiguous(memory_format=CL)
