@@ -42,7 +42,7 @@ from entropy_importance import Engine, create_pipeline, prune
 from entropy_importance.engine import count_params, tp_macs
 from recipes.training import Split, Splits, evaluate, load_splits, train, trained_model
 
-from .compare import FULL, QUICK, Config, calibration_batches
+from .quality_cifar import FULL, QUICK, Config, calibration_batches
 
 PIPELINES = ["luo-wu", "efp", "fec", "tang", "2pfpce"]
 BASELINES = ["tp-oneshot-local", "tp-oneshot-global", "tp-iterative"]

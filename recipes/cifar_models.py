@@ -34,9 +34,10 @@ class BasicBlock(nn.Module):
 
 
 class CifarResNet(nn.Module):
-    def __init__(self, blocks_per_stage: int, num_classes: int = 10, widths: tuple[int, ...] = (16, 32, 64)) -> None:
+    def __init__(self, blocks_per_stage: int, num_classes: int = 10, widths: tuple[int, ...] = (16, 32, 64),
+                 in_channels: int = 3) -> None:
         super().__init__()
-        self.conv1 = nn.Conv2d(3, widths[0], 3, 1, 1, bias=False)
+        self.conv1 = nn.Conv2d(in_channels, widths[0], 3, 1, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(widths[0])
         self.relu = nn.ReLU(inplace=True)
         layers, in_planes = [], widths[0]

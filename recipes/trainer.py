@@ -1,5 +1,6 @@
-"""The recipes' training engine: SGD schedules, AMP and channels_last on CUDA, DistributedDataParallel under
-``torchrun``, tqdm progress, a checkpoint every epoch and ``resume``, seeded data order, deterministic evaluation.
+"""The one training loop of the project (the recipes and the benchmarks): SGD schedules, AMP and channels_last on
+CUDA, DistributedDataParallel under ``torchrun``, tqdm progress, a checkpoint every epoch and ``resume``, seeded data
+order, optional seeded batch augmentation, deterministic evaluation.
 
 One process per GPU (``torchrun --nproc-per-node N -m recipes run ...``); without ``torchrun`` one process. Every
 process holds the same model (DDP keeps them equal), sees its share of each epoch and writes nothing: only rank 0
@@ -20,7 +21,17 @@ import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler, Subset
+from torch.utils.data import (
+    BatchSampler,
+    DataLoader,
+    Dataset,
+    DistributedSampler,
+    RandomSampler,
+    Sampler,
+    SequentialSampler,
+    Subset,
+    TensorDataset,
+)
 from tqdm import tqdm
 
 from entropy_importance.latency import measure_latency
@@ -29,7 +40,8 @@ from entropy_importance.serialization import atomic_write
 from .models import RecipeError
 from .recipe import Schedule
 
-__all__ = ["Runtime", "Task", "CLASSIFICATION", "fit", "evaluate", "latency_ms", "learning_rate", "autocast", "shard"]
+__all__ = ["Runtime", "Task", "CLASSIFICATION", "FLIPPED_CLASSIFICATION", "horizontal_flips", "fit", "evaluate",
+           "latency_ms", "learning_rate", "autocast", "shard"]
 
 
 @dataclass
@@ -95,15 +107,26 @@ def _classification_loss(net: nn.Module, batch, runtime: Runtime) -> torch.Tenso
 @dataclass(frozen=True)
 class Task:
     """What a training step computes: ``loss(net, batch, runtime)`` on a batch the loader built with ``collate``
-    (None: PyTorch's default)."""
+    (None: PyTorch's default), after ``augment(batch, generator)`` (None: none) with a generator seeded by the run's
+    seed and the step, so that a resumed run augments its remaining steps as the uninterrupted one would."""
 
     name: str
     loss: Callable[[nn.Module, Any, Runtime], torch.Tensor]
     collate: Callable | None = None
+    augment: Callable[[Any, torch.Generator], Any] | None = None
+
+
+def horizontal_flips(batch, generator: torch.Generator):
+    """Each image of an ``(images, labels)`` batch mirrored left-right with probability 1/2."""
+    x, y = batch
+    flip = torch.rand(len(x), generator=generator) < 0.5
+    return torch.where(flip[:, None, None, None], x.flip(-1), x), y
 
 
 #: cross-entropy on ``(images, labels)`` batches
 CLASSIFICATION = Task("classification", _classification_loss)
+#: the same with random horizontal flips (the benchmarks' Fashion-MNIST tensors, which carry no transform)
+FLIPPED_CLASSIFICATION = Task("classification with horizontal flips", _classification_loss, augment=horizontal_flips)
 
 
 def learning_rate(schedule: Schedule, progress: float, epoch: float) -> float:
@@ -120,6 +143,17 @@ def learning_rate(schedule: Schedule, progress: float, epoch: float) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * (progress - warm) / (1 - warm)))
 
 
+def _batched(dataset: Dataset, sampler: Sampler, batch_size: int, drop_last: bool, runtime: Runtime,
+             collate: Callable | None = None) -> DataLoader:
+    """``dataset`` in batches of ``sampler``'s order. A ``TensorDataset`` is indexed a whole batch at a time (one
+    gather per tensor instead of an item and a stack per image: the same batches, in the same order)."""
+    if isinstance(dataset, TensorDataset) and collate is None:
+        return DataLoader(dataset, sampler=BatchSampler(sampler, batch_size, drop_last), batch_size=None,
+                          num_workers=runtime.workers, pin_memory=runtime.cuda)
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=runtime.workers,
+                      pin_memory=runtime.cuda, drop_last=drop_last, persistent_workers=False, collate_fn=collate)
+
+
 def _loader(dataset: Dataset, batch_size: int, runtime: Runtime, seed: int, epoch: int,
             collate: Callable | None = None) -> DataLoader:
     if runtime.world > 1:
@@ -127,8 +161,7 @@ def _loader(dataset: Dataset, batch_size: int, runtime: Runtime, seed: int, epoc
         sampler.set_epoch(epoch)
     else:
         sampler = RandomSampler(dataset, generator=torch.Generator().manual_seed(seed * 1000 + epoch))
-    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=runtime.workers,
-                      pin_memory=runtime.cuda, drop_last=True, persistent_workers=False, collate_fn=collate)
+    return _batched(dataset, sampler, batch_size, True, runtime, collate)
 
 
 def _steps_per_epoch(dataset: Dataset, schedule: Schedule, runtime: Runtime) -> int:
@@ -147,9 +180,10 @@ def autocast(runtime: Runtime):
 
 def fit(model: nn.Module, dataset: Dataset, schedule: Schedule, runtime: Runtime, *, seed: int = 0,
         checkpoint: str | os.PathLike | None = None, tag: str = "", resume: bool = False,
-        desc: str = "train", task: Task = CLASSIFICATION) -> nn.Module:
-    """Train ``model`` in place by ``schedule`` (``task``'s loss, cross-entropy by default; SGD momentum 0.9) and
-    return it in eval mode.
+        desc: str = "train", task: Task = CLASSIFICATION, nesterov: bool = False) -> nn.Module:
+    """Train ``model`` in place by ``schedule`` (``task``'s loss, cross-entropy by default; SGD momentum 0.9,
+    Nesterov's if ``nesterov``) and return it in eval mode. An epoch is every full batch of ``dataset`` once (the
+    last partial batch is dropped); ``schedule.epochs`` may be fractional.
 
     ``checkpoint``: after every epoch rank 0 writes the model, optimiser and position there (atomically); a run
     ``resume``d with a checkpoint of the same ``tag`` (e.g. the stage it belongs to) continues from it.
@@ -159,7 +193,8 @@ def fit(model: nn.Module, dataset: Dataset, schedule: Schedule, runtime: Runtime
         model.to(memory_format=torch.channels_last)
     per_epoch = _steps_per_epoch(dataset, schedule, runtime)
     total = schedule.steps if schedule.steps is not None else max(1, math.ceil(schedule.epochs * per_epoch))
-    opt = torch.optim.SGD(model.parameters(), lr=schedule.lr, momentum=0.9, weight_decay=schedule.weight_decay)
+    opt = torch.optim.SGD(model.parameters(), lr=schedule.lr, momentum=0.9, weight_decay=schedule.weight_decay,
+                          nesterov=nesterov)
     step = epoch = 0
     path = Path(checkpoint) if checkpoint is not None else None
     if resume and path is not None and path.exists():
@@ -179,6 +214,8 @@ def fit(model: nn.Module, dataset: Dataset, schedule: Schedule, runtime: Runtime
                 break
             for group in opt.param_groups:
                 group["lr"] = schedule.lr * learning_rate(schedule, step / total, step / per_epoch)
+            if task.augment is not None:
+                batch = task.augment(batch, torch.Generator().manual_seed(seed * 1_000_003 + step))
             with autocast(runtime):
                 loss = task.loss(net, batch, runtime)
             opt.zero_grad(set_to_none=True)
@@ -210,8 +247,8 @@ def evaluate(model: nn.Module, dataset: Dataset, runtime: Runtime, batch_size: i
     twice; the counts are summed), in eval mode, in a fixed order."""
     model.to(runtime.device).eval()
     correct = seen = 0
-    for x, y in DataLoader(shard(dataset, runtime), batch_size=batch_size, shuffle=False,
-                           num_workers=runtime.workers, pin_memory=runtime.cuda):
+    part = shard(dataset, runtime)
+    for x, y in _batched(part, SequentialSampler(part), batch_size, False, runtime):
         x, y = x.to(runtime.device, non_blocking=True), y.to(runtime.device, non_blocking=True)
         if runtime.cuda:
             x = x.contiguous(memory_format=torch.channels_last)

@@ -1,31 +1,34 @@
-"""Train, fine-tune and evaluate the CIFAR-style benchmark networks on Fashion-MNIST, on a CPU.
+"""Fashion-MNIST splits as tensors, and the benchmarks' shorthands over the one training loop
+(:func:`recipes.trainer.fit`): train / fine-tune, evaluate, re-estimate BatchNorm statistics, cached base networks.
 
-The data is Fashion-MNIST from local IDX files (``entropy_importance.data.fashion_mnist``: 28x28 padded to 32x32,
-replicated to 3 channels). A validation split is held out of the 60 000 training images with a fixed seed, so
-that ablations can choose defaults without ever looking at the test set.
+The data is Fashion-MNIST from local IDX files (``entropy_importance.data.fashion_mnist``; by default 28x28 padded to
+32x32 and replicated to 3 channels for the CIFAR-style networks, ``size=28, channels=1`` for the native ones). A
+validation split is held out of the 60 000 training images with a fixed seed, so that choices can be made without
+ever looking at the test set.
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from torch import Tensor
-from tqdm import tqdm
+from torch.utils.data import TensorDataset
 
 from entropy_importance.data import fashion_mnist
 from entropy_importance.serialization import atomic_write
 from recipes.cifar_models import resnet56, vgg16_bn
+from recipes.recipe import Schedule
+from recipes.trainer import FLIPPED_CLASSIFICATION, Runtime, fit
+from recipes.trainer import evaluate as evaluate_dataset
 
 __all__ = ["Split", "Splits", "load_splits", "batches", "train", "evaluate", "recalibrate_batchnorm", "trained_model",
-           "ARCHITECTURES"]
+           "ARCHITECTURES", "cpu_runtime"]
 
-ARCHITECTURES = {"resnet56": resnet56, "vgg16": vgg16_bn}
+ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {"resnet56": resnet56, "vgg16": vgg16_bn}
 VALIDATION_SEED = 1234
 
 
@@ -40,6 +43,14 @@ class Split:
     def head(self, n: int | None) -> Split:
         return self if n is None else Split(self.x[:n], self.y[:n])
 
+    def sample(self, n: int, seed: int) -> Split:
+        """``n`` images drawn without replacement (seeded)."""
+        idx = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))[:n]
+        return Split(self.x[idx], self.y[idx])
+
+    def dataset(self) -> TensorDataset:
+        return TensorDataset(self.x, self.y)
+
 
 @dataclass
 class Splits:
@@ -49,13 +60,13 @@ class Splits:
 
 
 def load_splits(val_size: int = 5000, train_limit: int | None = None, val_limit: int | None = None,
-                test_limit: int | None = None) -> Splits:
+                test_limit: int | None = None, size: int = 32, channels: int = 3) -> Splits:
     """Training images minus a held-out validation split (fixed seed), and the test set; ``*_limit`` keep the
     first images of a split (for quick runs)."""
-    x, y = fashion_mnist("train").tensors
+    x, y = fashion_mnist("train", size=size, channels=channels).tensors
     order = torch.randperm(len(y), generator=torch.Generator().manual_seed(VALIDATION_SEED))
     val, train = order[:val_size], order[val_size:]
-    test = Split(*fashion_mnist("test").tensors)
+    test = Split(*fashion_mnist("test", size=size, channels=channels).tensors)
     return Splits(Split(x[train], y[train]).head(train_limit), Split(x[val], y[val]).head(val_limit),
                   test.head(test_limit))
 
@@ -69,52 +80,25 @@ def batches(split: Split, batch_size: int, seed: int | None = None) -> Iterator[
         yield split.x[idx], split.y[idx]
 
 
-def _fast(model: nn.Module) -> nn.Module:
-    # channels_last made CPU convolutions about 1.4x faster, but fine-tuning a channels_last model between the
-    # stages of a layer-by-layer prune aborted in the backward pass (glibc "double free", then a segfault: twice
-    # in benchmarks.pipelines on ResNet-56, 2026-11-22; the same run without channels_last completes). Until the
-    # cause is isolated, the benchmarks train in the default memory format.
-    return model
+def cpu_runtime(quiet: bool = False) -> Runtime:
+    return Runtime(torch.device("cpu"), quiet=quiet)
 
 
 def train(model: nn.Module, split: Split, epochs: float, lr: float, seed: int, batch_size: int = 128,
-          weight_decay: float = 5e-4, warmup: bool = True, desc: str = "train") -> nn.Module:
-    """SGD (momentum 0.9, Nesterov) with random horizontal flips; one-cycle schedule from scratch
-    (``warmup=True``) or cosine decay from ``lr`` for fine-tuning. ``epochs`` may be fractional."""
-    model = _fast(model).train()
-    steps = max(1, math.ceil(epochs * len(split) / batch_size))
-    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, nesterov=True, weight_decay=weight_decay)
-    sched = (torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps) if warmup
-             else torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps))
-    g = torch.Generator().manual_seed(seed)
-    bar = tqdm(total=steps, desc=desc, unit="step", leave=False)
-    done, epoch = 0, 0
-    while done < steps:
-        for x, y in batches(split, batch_size, seed=seed * 1000 + epoch):
-            if done == steps:
-                break
-            flip = torch.rand(len(y), generator=g) < 0.5
-            x = torch.where(flip[:, None, None, None], x.flip(-1), x).contiguous()
-            loss = F.cross_entropy(model(x), y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            done += 1
-            bar.update()
-        epoch += 1
-    bar.close()
-    return model.eval()
+          weight_decay: float = 5e-4, warmup: bool = True, desc: str = "train",
+          runtime: Runtime | None = None) -> nn.Module:
+    """:func:`recipes.trainer.fit` on ``split`` with random horizontal flips: SGD (momentum 0.9, Nesterov), the
+    one-cycle schedule from scratch (``warmup=True``) or cosine decay from ``lr`` for fine-tuning. ``epochs`` may be
+    fractional."""
+    schedule = Schedule(epochs=epochs, lr=lr, batch_size=batch_size, weight_decay=weight_decay,
+                        decay="onecycle" if warmup else "cosine")
+    return fit(model, split.dataset(), schedule, runtime or cpu_runtime(), seed=seed, desc=desc,
+               task=FLIPPED_CLASSIFICATION, nesterov=True)
 
 
-@torch.no_grad()
-def evaluate(model: nn.Module, split: Split, batch_size: int = 500) -> float:
-    """Top-1 accuracy in percent."""
-    model = _fast(model).eval()
-    correct = 0
-    for x, y in batches(split, batch_size):
-        correct += (model(x.contiguous()).argmax(1) == y).sum().item()
-    return 100.0 * correct / len(split)
+def evaluate(model: nn.Module, split: Split, batch_size: int = 500, runtime: Runtime | None = None) -> float:
+    """Top-1 accuracy in percent (:func:`recipes.trainer.evaluate`)."""
+    return evaluate_dataset(model, split.dataset(), runtime or cpu_runtime(quiet=True), batch_size)
 
 
 @torch.no_grad()
@@ -126,8 +110,9 @@ def recalibrate_batchnorm(model: nn.Module, data: list) -> nn.Module:
     for m in norms:
         m.reset_running_stats()
         m.momentum = None
-    model = _fast(model).train()
-    for x, _ in data:
+    model.train()
+    for batch in data:
+        x = batch[0] if isinstance(batch, (tuple, list)) else batch
         model(x.contiguous())
     for m, momentum in zip(norms, saved, strict=True):
         m.momentum = momentum
