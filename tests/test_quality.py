@@ -132,10 +132,12 @@ def test_sizing_from_timing_rows_by_hand():
     assert est["per_arch"]["vgg"] == {"base": 415.0, "cell": 10.0}
     assert est["core_s"] == 2 * 415.0 + 2 * 2 * 10.0 and est["substituted"] == ["reconstruct"]
     assert est["wall_h_2"] == pytest.approx(870.0 / 2 / 3600)
-    # timed without the validation measurement: 2 regimes x 2000 / 10000 of the "none" seconds are added
+    # timed without the validation measurement: the run validates cfg.cell_val_images (1000) per regime, so
+    # 2 regimes x 1000 / 10000 of the "none" seconds are added
+    assert cfg.cell_val_images == 1000
     del timing["cells"][0]["val_images"]
     _, est = sizing([timing], cfg)
-    assert est["per_arch"]["vgg"]["cell"] == pytest.approx(10.0 + 2 * 3.0 * 0.2) and est["unvalidated"] == ["vgg"]
+    assert est["per_arch"]["vgg"]["cell"] == pytest.approx(10.0 + 2 * 3.0 * 0.1) and est["unvalidated"] == ["vgg"]
 
 
 # ------------------------------------------------------------------------------------------------ training loop
