@@ -11,7 +11,8 @@ from torch import Tensor
 
 from .errors import CalibrationError
 
-__all__ = ["split_batch", "model_device", "to_device", "call_model", "first_examples", "INPUT_KEYS", "TARGET_KEYS"]
+__all__ = ["split_batch", "model_device", "to_device", "call_model", "first_examples", "batch_size", "INPUT_KEYS",
+           "TARGET_KEYS"]
 
 INPUT_KEYS = ("input", "inputs", "image", "images", "pixel_values", "x")
 TARGET_KEYS = ("target", "targets", "label", "labels", "y")
@@ -68,3 +69,14 @@ def first_examples(x: Any, n: int = 1) -> Any:
     if isinstance(x, (list, tuple)):
         return type(x)(first_examples(v, n) for v in x)
     return x
+
+
+def batch_size(inputs: Any) -> int | None:
+    """The leading dimension of the first tensor in ``inputs`` (a tensor, or dicts / lists / tuples of them)."""
+    if isinstance(inputs, Tensor):
+        return inputs.shape[0] if inputs.dim() else None
+    if isinstance(inputs, (tuple, list)) and inputs:
+        return batch_size(inputs[0])
+    if isinstance(inputs, Mapping) and inputs:
+        return batch_size(next(iter(inputs.values())))
+    return None

@@ -7,7 +7,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from ..calibration.batches import call_model
+from ..calibration.batches import batch_size, call_model
 
 __all__ = ["forward", "batch_size", "output_signature"]
 
@@ -16,17 +16,6 @@ def forward(model: nn.Module, inputs: Any) -> Any:
     """``model(inputs)`` without gradients; a dict is passed as keyword arguments, a tuple / list as positional."""
     with torch.no_grad():
         return call_model(model, inputs)
-
-
-def batch_size(inputs: Any) -> int | None:
-    """The leading dimension of the first tensor in ``inputs``."""
-    if isinstance(inputs, torch.Tensor):
-        return inputs.shape[0]
-    if isinstance(inputs, (tuple, list)) and inputs:
-        return batch_size(inputs[0])
-    if isinstance(inputs, dict) and inputs:
-        return batch_size(next(iter(inputs.values())))
-    return None
 
 
 def output_signature(out: Any, batch: int | None) -> Any:

@@ -29,7 +29,8 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from ..calibration.batches import call_model, first_examples
+from ..calibration.batches import batch_size, call_model, first_examples
+from .capture import capture
 from .channels import KeptChannels, tagged_layers
 from .least_squares import NormalEquations, SolveError
 from .report import LayerRecovery
@@ -41,10 +42,6 @@ __all__ = ["reconstruct", "trace_layers", "LayerTrace"]
 _UNCHANGED = 1e-10  # relative error below which a layer's input is taken to be the unpruned network's
 _OWN_FORWARD = 1e-3  # relative mismatch above which a layer's forward is not a plain conv / linear of its weights
 _HOLD_OUT = 4  # every fourth calibration image is held out of the fit, to choose the ridge
-
-
-class _Stop(Exception):
-    """Raised from a hook once every layer wanted from this forward pass has been seen."""
 
 
 @dataclass
@@ -98,32 +95,6 @@ def trace_layers(model: nn.Module, inputs: Any, layers: dict[str, nn.Module]) ->
         bn_calls[bn] = bn_calls.get(bn, 0) + 1
     batchnorm_after = {n: bn for n, bn in batchnorm_after.items() if bn_calls[bn] == 1}
     return LayerTrace(order, calls, input_key, batchnorm_after)
-
-
-def _capture(model: nn.Module, modules: dict[str, nn.Module], inputs: Any) -> dict[str, tuple[Tensor, Tensor]]:
-    """``{name: (input, output)}`` of ``modules`` in one forward pass, stopped as soon as all were seen."""
-    got: dict[str, tuple[Tensor, Tensor]] = {}
-
-    def hook(name):
-        def record(module, args, out):
-            got[name] = (args[0], out)
-            if len(got) == len(modules):
-                raise _Stop
-
-        return record
-
-    handles = [m.register_forward_hook(hook(n)) for n, m in modules.items()]
-    try:
-        call_model(model, inputs)
-    except _Stop:
-        pass
-    finally:
-        for h in handles:
-            h.remove()
-    missing = sorted(set(modules) - set(got))
-    if missing:
-        raise RuntimeError(f"layers {missing[:3]} were not reached by the forward pass")
-    return got
 
 
 class _Fit:
@@ -230,11 +201,6 @@ class _Fit:
                     self.batchnorm.running_mean.sub_(c.to(self.batchnorm.running_mean.dtype))
 
 
-def _batch_size(x: Any) -> int:
-    first = x if isinstance(x, Tensor) else next(iter(x.values() if isinstance(x, dict) else x), None)
-    return int(first.shape[0]) if isinstance(first, Tensor) and first.dim() else 1
-
-
 def _levels(trace: LayerTrace, fits: dict[str, Any]) -> list[list[str]]:
     """Consecutive layers (in forward order) that read the same input tensor form one level."""
     levels: list[list[str]] = []
@@ -263,7 +229,7 @@ def reconstruct(original: nn.Module, pruned: nn.Module, kept: dict[str, KeptChan
     """
     layers = tagged_layers(pruned)
     trace = trace_layers(pruned, first_examples(inputs[0], 2), layers)
-    images = sum(_batch_size(x) for x in inputs)
+    images = sum(batch_size(x) or 1 for x in inputs)
     records: list[LayerRecovery] = []
     fits: dict[str, _Fit] = {}
     bns = dict(pruned.named_modules())
@@ -333,6 +299,6 @@ class _LevelRunner:
             active = [n for n in level if fits[n].active]
             if not active:
                 return
-            got_pruned = _capture(models[0], {n: self.layers[n] for n in active}, starts[0][b])
-            got_original = _capture(models[1], {n: self.originals[n] for n in active}, starts[1][b])
+            got_pruned = capture(models[0], {n: self.layers[n] for n in active}, starts[0][b])
+            got_original = capture(models[1], {n: self.originals[n] for n in active}, starts[1][b])
             yield b, got_pruned, got_original

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from ..calibration.batches import call_model, first_examples, model_device, split_batch, to_device
+from ..calibration.batches import batch_size, call_model, first_examples, model_device, split_batch, to_device
 from ..messages import first_line
 from ..serialization import pruning_record
 from .batchnorm import reestimate_batchnorm
@@ -80,15 +80,6 @@ def _read_batches(data: Iterable, max_batches: int | None, device: torch.device)
     if not inputs:
         raise ValueError("calibration data yielded no batches: give a non-empty loader")
     return inputs
-
-
-def _images(inputs: list[Any]) -> int:
-    """How many examples the batches hold (the leading dimension of each batch's first tensor)."""
-    total = 0
-    for x in inputs:
-        t = x if isinstance(x, torch.Tensor) else next(iter(x.values() if isinstance(x, dict) else x), None)
-        total += int(t.shape[0]) if isinstance(t, torch.Tensor) and t.dim() else 0
-    return total
 
 
 def recover(
@@ -171,7 +162,7 @@ def recover(
         raise ValueError(f"inplace=True needs the pruned model on the recovery device ({device}): move it first")
     start = time.perf_counter()
     inputs = _read_batches(calibration_data, calibration_batches, device)
-    report = RecoveryReport(method, images=_images(inputs))
+    report = RecoveryReport(method, images=sum(batch_size(x) or 0 for x in inputs))
     source = original if model_device(original) == device else copy.deepcopy(original).to(device)
     modes = {m: m.training for m in source.modules()}
     try:

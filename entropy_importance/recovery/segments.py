@@ -19,12 +19,9 @@ import torch.nn as nn
 from torch import Tensor
 
 from ..calibration.batches import call_model
+from .capture import capture
 
 __all__ = ["find_segments", "SegmentCache", "run_matches"]
-
-
-class _Stop(Exception):
-    pass
 
 
 @dataclass
@@ -39,10 +36,10 @@ class _Call:
     children: list[str] = field(default_factory=list)
 
 
-def _trace(model: nn.Module, inputs: Any) -> tuple[dict[str, _Call], list[Any]]:
+def _trace(model: nn.Module, inputs: Any) -> dict[str, _Call]:
     names = {m: n for n, m in model.named_modules()}
     calls = {n: _Call() for n in names.values()}
-    alive: list[Any] = []
+    alive: list[Any] = []  # keeps traced tensors alive so that their ids are not reused during the pass
     counter = [0]
 
     def pre(module, args, kwargs):
@@ -73,7 +70,7 @@ def _trace(model: nn.Module, inputs: Any) -> tuple[dict[str, _Call], list[Any]]:
     for name, module in model.named_modules():
         prefix = f"{name}." if name else ""
         calls[name].children = [prefix + child for child, _ in module.named_children()]
-    return calls, alive
+    return calls
 
 
 def _linked(calls: dict[str, _Call], names: list[str]) -> bool:
@@ -114,48 +111,11 @@ def _longest_run(calls: dict[str, _Call], names: list[str]) -> list[str]:
 def find_segments(model: nn.Module, inputs: Any) -> list[str]:
     """The longest run of chained modules of ``model`` (names, in forward order), or ``[]`` when there is none of
     at least two modules. ``inputs``: one or two examples."""
-    calls, alive = _trace(model, inputs)
+    calls = _trace(model, inputs)
     top = sorted((c for c in calls[""].children if calls[c].calls), key=lambda c: calls[c].order)
     expanded = [s for c in top for s in (_expand(c, calls) if _linked(calls, [c]) else [c])]
-    del alive
     run = _longest_run(calls, expanded)
     return run if len(run) >= 2 else []
-
-
-def _capture_input(model: nn.Module, module: nn.Module, inputs: Any) -> Tensor:
-    got: list[Tensor] = []
-
-    def hook(mod, args):
-        got.append(args[0])
-        raise _Stop
-
-    handle = module.register_forward_pre_hook(hook)
-    try:
-        call_model(model, inputs)
-    except _Stop:
-        pass
-    finally:
-        handle.remove()
-    if not got:
-        raise RuntimeError("the segment was not reached by the forward pass")
-    return got[0]
-
-
-def _capture_output(model: nn.Module, module: nn.Module, inputs: Any) -> Tensor:
-    got: list[Tensor] = []
-
-    def hook(mod, args, out):
-        got.append(out)
-        raise _Stop
-
-    handle = module.register_forward_hook(hook)
-    try:
-        call_model(model, inputs)
-    except _Stop:
-        pass
-    finally:
-        handle.remove()
-    return got[0]
 
 
 class SegmentCache:
@@ -172,7 +132,7 @@ class SegmentCache:
     def input_of(self, j: int) -> list[Tensor]:
         with torch.inference_mode():
             if self.position is None:
-                self.cached = [_capture_input(self.model, self.modules[0], x) for x in self.inputs]
+                self.cached = [capture(self.model, {"": self.modules[0]}, x, before=True)[""][0] for x in self.inputs]
                 self.position = 0
             if j < self.position:
                 raise RuntimeError("segments must be visited in forward order")
@@ -188,8 +148,8 @@ def run_matches(model: nn.Module, segments: Sequence[str], inputs: Any) -> bool:
     whole forward pass (on ``inputs``)."""
     modules = dict(model.named_modules())
     with torch.inference_mode():
-        x = _capture_input(model, modules[segments[0]], inputs)
-        expected = _capture_output(model, modules[segments[-1]], inputs)
+        x = capture(model, {"": modules[segments[0]]}, inputs, before=True)[""][0]
+        expected = capture(model, {"": modules[segments[-1]]}, inputs)[""][1]
         for s in segments:
             x = modules[s](x)
     return x.shape == expected.shape and bool(torch.allclose(x, expected, rtol=1e-4, atol=1e-5))
