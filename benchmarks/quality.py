@@ -9,7 +9,9 @@ real data, several base seeds, paired differences with 95 % intervals.
 Bases: three networks for native 1x28x28 Fashion-MNIST (``recipes.fmnist_models``: VGG-style, ResNet-20 style,
 MobileNetV2 style), each trained from ``--seeds`` (default 0 1 2) through the one training loop
 (``recipes.trainer.fit``: SGD, Nesterov momentum, one-cycle schedule, horizontal flips) on the training images
-minus a validation split of 5000 held out with a fixed seed; checkpoints are cached under ``--cache``.
+minus a validation split of 5000 held out with a fixed seed; checkpoints are cached under ``--cache``
+(default ``benchmarks/quality_bases``, kept in git: each checkpoint is under 1.2 MB, and a run split across sessions
+or machines must pair every method of a seed with the same base, which retraining would not guarantee).
 
 Cells: each method (``--methods``; ours and Torch-Pruning's L1, L2, FPGM, LAMP, Taylor, random) in two modes at
 each MAC target (2x, 3x): ``local`` prunes every group by one uniform ratio, found once per architecture with
@@ -489,11 +491,12 @@ def run(ctx: Context, jobs: int = 1) -> None:
     ratios = local_ratios(ctx, read_rows(ctx.rows)) if "local" in cfg.modes else {}
     archs = sorted(cfg.archs, key=lambda a: _COST_ORDER.get(a, 9))
     done = done_keys(read_rows(ctx.rows))
-    bases = [(ctx, a, s) for a in archs for s in cfg.seeds
+    # seed-major: a run stopped part-way leaves whole seeds of every architecture, not whole architectures
+    bases = [(ctx, a, s) for s in cfg.seeds for a in archs
              if not base_path(ctx, a, s).exists() or ("base", cfg.base_id(a), a, s) not in done]
     _map(_base_unit, bases, jobs)
     done = done_keys(read_rows(ctx.rows))
-    units = [(ctx, a, s, m, ratios) for a in archs for s in cfg.seeds for m in cfg.modes
+    units = [(ctx, a, s, m, ratios) for s in cfg.seeds for a in archs for m in cfg.modes
              if pending_cells(cfg, done, a, s, m)]
     _map(_cell_unit, units, jobs)
     append_row(ctx.rows, ctx.stamp({"kind": "session", "seconds": time.perf_counter() - t0, "jobs": jobs,
@@ -563,7 +566,9 @@ def _parser() -> argparse.ArgumentParser:
                    "runs/quality/quick/quality.jsonl)")
     p.add_argument("--out", type=Path, help="the folder of the report page and plots (default docs/; quick: the "
                    "rows' folder)")
-    p.add_argument("--cache", type=Path, default=Path("runs/quality"), help="base checkpoints (default runs/quality)")
+    p.add_argument("--cache", type=Path, help="base checkpoints (default benchmarks/quality_bases, kept in git: "
+                   "a run split across sessions and machines must pair every method with the same bases; quick: "
+                   "runs/quality/quick)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (recorded in every row)")
     p.add_argument("--jobs", type=int, default=None, help="worker processes (CPU; one base or (base, mode) at a time "
                    "each; default 1, --quick 2)")
@@ -592,7 +597,8 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out or (rows.parent if args.quick else Path("docs"))
     threads = args.threads or (1 if args.jobs > 1 else torch.get_num_threads())
     torch.set_num_threads(threads)
-    ctx = Context(cfg, rows, args.cache, args.device, threads, quiet=args.jobs > 1)
+    cache = args.cache or (Path("runs/quality/quick") if args.quick else ROOT / "benchmarks" / "quality_bases")
+    ctx = Context(cfg, rows, cache, args.device, threads, quiet=args.jobs > 1)
     if args.measure:
         measure(ctx)
     elif not args.report:
