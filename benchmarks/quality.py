@@ -192,8 +192,9 @@ def code_version() -> str:
 
 @lru_cache(maxsize=1)
 def provenance() -> dict:
+    from importlib.metadata import version  # Torch-Pruning 1.6.1 says __version__ 1.6.0
+
     import timm
-    import torch_pruning
 
     def git(*args: str) -> str:
         try:
@@ -201,7 +202,7 @@ def provenance() -> dict:
         except (OSError, subprocess.SubprocessError):
             return ""
 
-    return {"versions": {"torch": torch.__version__, "torch-pruning": torch_pruning.__version__,
+    return {"versions": {"torch": torch.__version__, "torch-pruning": version("torch-pruning"),
                          "timm": timm.__version__, "entropy-importance": ei.__version__},
             "commit": git("rev-parse", "HEAD") or None,
             "dirty": bool(git("status", "--porcelain", "--", *CODE_PATHS, *(f":!{p}" for p in NOT_RUN))),
