@@ -469,7 +469,7 @@ def _cell_unit(ctx: Context, arch: str, seed: int, mode: str, ratios: dict) -> s
     return f"{arch} seed {seed} {mode}: {len(todo)} cells"
 
 
-def _map(fn: Callable, units: list[tuple], jobs: int) -> None:
+def run_units(fn: Callable, units: list[tuple], jobs: int) -> None:
     if not units:
         return
     if jobs <= 1:
@@ -499,11 +499,11 @@ def run(ctx: Context, jobs: int = 1) -> None:
     # seed-major: a run stopped part-way leaves whole seeds of every architecture, not whole architectures
     bases = [(ctx, a, s) for s in cfg.seeds for a in archs
              if not base_path(ctx, a, s).exists() or ("base", cfg.base_id(a), a, s) not in done]
-    _map(_base_unit, bases, jobs)
+    run_units(_base_unit, bases, jobs)
     done = done_keys(read_rows(ctx.rows))
     units = [(ctx, a, s, m, ratios) for s in cfg.seeds for a in archs for m in cfg.modes
              if pending_cells(cfg, done, a, s, m)]
-    _map(_cell_unit, units, jobs)
+    run_units(_cell_unit, units, jobs)
     append_row(ctx.rows, ctx.stamp({"kind": "session", "seconds": time.perf_counter() - t0, "jobs": jobs,
                                     "recover_available": recover,
                                     "slice": {k: list(getattr(cfg, k)) for k in SLICES if k != "name"}}))
