@@ -8,6 +8,7 @@ import time
 from collections import Counter, defaultdict
 from pathlib import Path
 
+from .quality_pipelines_report import pipeline_section
 from .quality_stats import RANDOM, Cell, Comparison, cells, comparisons, mean_std
 
 #: which regimes stand in for one the sizing could not time (the recovery step was not there yet)
@@ -427,6 +428,7 @@ def write_report(rows: list[dict], cfg, out: Path, rows_path: Path, command: str
               sorted(errors.items())]
         L.append("")
 
+    L += pipeline_section(rows, setup, table, len(cfg.seeds), cfg.finetune_images)
     plots = _plots(table, archs, regimes, modes, comps, out, ours) if table else []
     if plots:
         L += ["## Plots", ""] + [f"![{p}]({p})" for p in plots] + [""]

@@ -233,3 +233,19 @@ def test_quick_mode_end_to_end_resumes_and_reports(tmp_path):
     new_cells = [r for r in again if r["kind"] == "cell"]
     assert len(new_cells) == 1 and json.loads(lines[lost])["regime"] == new_cells[0]["regime"]
     assert new_cells[0]["top1"] == pytest.approx(json.loads(lines[lost])["top1"])  # the same prune, the same number
+    # the pipelines part on the same base and rows: a pipeline with and without the budget, paired with the cells
+    from benchmarks import quality_pipelines
+
+    assert quality_pipelines.main(["--quick", "--rows", str(rows_path), "--cache", str(cache), "--threads", "1",
+                                   "--pipelines", "luo-wu", "--variants", "paper+reconstruct", "reconstruct"]) == 0
+    runs = [json.loads(line) for line in rows_path.read_text().splitlines() if '"kind": "pipeline"' in line]
+    assert {(r["target"], r["variant"]) for r in runs} == {(t, v) for t in cfg.targets
+                                                           for v in ("paper+reconstruct", "reconstruct")}
+    assert all(r["top1"] is not None and r["speed_up"] >= 0.95 * r["target"] and r["method"] == "pipeline:luo-wu"
+               for r in runs)
+    # the whole short fine-tune budget spent, each image once; none without the budget
+    assert {r["variant"]: r["finetune_images"] for r in runs} == {"paper+reconstruct": cfg.finetune_images,
+                                                                  "reconstruct": 0}
+    page = (tmp_path / "quality.md").read_text()
+    section = page[page.index("## The papers' procedures"):page.index("## Which criterion")]
+    assert "pipeline:luo-wu | reconstruct |" in section and "(1 seed)" in section  # paired with the cells
