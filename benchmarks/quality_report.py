@@ -8,6 +8,7 @@ import time
 from collections import Counter, defaultdict
 from pathlib import Path
 
+from .quality_calibration import calibration_section
 from .quality_pipelines_report import pipeline_section
 from .quality_stats import RANDOM, Cell, Comparison, cells, comparisons, mean_std
 
@@ -428,6 +429,7 @@ def write_report(rows: list[dict], cfg, out: Path, rows_path: Path, command: str
               sorted(errors.items())]
         L.append("")
 
+    L += calibration_section(rows, setup)
     L += pipeline_section(rows, setup, table, len(cfg.seeds), cfg.finetune_images)
     plots = _plots(table, archs, regimes, modes, comps, out, ours) if table else []
     if plots:

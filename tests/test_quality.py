@@ -249,3 +249,15 @@ def test_quick_mode_end_to_end_resumes_and_reports(tmp_path):
     page = (tmp_path / "quality.md").read_text()
     section = page[page.index("## The papers' procedures"):page.index("## Which criterion")]
     assert "pipeline:luo-wu | reconstruct |" in section and "(1 seed)" in section  # paired with the cells
+    # the calibration-size sweep on the same base: nested image sets, one row per method and size
+    from benchmarks import quality_calibration
+
+    assert quality_calibration.main(["--quick", "--rows", str(rows_path), "--cache", str(cache), "--threads", "1",
+                                     "--sizes", "64", "128", "--methods", "reconstruct", "bn"]) == 0
+    sweep = [json.loads(line) for line in rows_path.read_text().splitlines() if '"kind": "calibration"' in line]
+    assert sorted((r["target"], r["method"], r["images"]) for r in sweep) == sorted(
+        (t, m, n) for t in cfg.targets for m in ("reconstruct", "bn") for n in (64, 128))
+    local_l2 = {r["target"]: r["macs_ratio"] for r in cells
+                if r["method"] == "tp-magnitude-l2" and r["mode"] == "local"}
+    assert all(r["macs_ratio"] == pytest.approx(local_l2[r["target"]]) for r in sweep)  # the cell's pruned network
+    assert "## How much calibration data the recovery step needs" in (tmp_path / "quality.md").read_text()
