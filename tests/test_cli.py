@@ -388,3 +388,13 @@ def test_cli_pretrained_offline_names_the_cache_and_the_alternative(tmp_path):
     assert proc.returncode == 2 and len(lines) == 1, proc.stderr
     assert str(cache) in lines[0] and "--checkpoint FILE" in lines[0]
     assert not (tmp_path / "o.pt").exists()
+
+
+@pytest.mark.parametrize("flags, sizes", [([], (1,)), (["--latency", "full"], (1, 32)),
+                                          (["--latency-batch-sizes", "1", "32"], (1, 32)),
+                                          (["--latency", "full", "--latency-batch-sizes", "8"], (8,))])
+def test_default_latency_batch_sizes(flags, sizes):
+    """Quick (the default) times batch 1 only, so that README command 1 answers in seconds; full adds batch 32."""
+    from entropy_importance.cli.arguments import build_parser, latency_plan
+
+    assert latency_plan(build_parser().parse_args(flags)).batch_sizes == sizes

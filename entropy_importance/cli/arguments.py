@@ -18,9 +18,11 @@ DEFAULT_MODEL = "timm:resnet18"
 DEFAULT_CRITERION = "channel-similarity-entropy"
 DATA_KINDS = ("fashion-mnist", "imagefolder", "cifar10")
 LATENCY_MODES = ("off", "quick", "full")
-DEFAULT_BATCH_SIZES = (1, 32)
+#: batch sizes timed by default: batch 1 in quick mode (the default: README command 1's run answers in seconds),
+#: batch 1 and 32 in full mode
+DEFAULT_BATCH_SIZES = {"quick": (1,), "full": (1, 32)}
 #: ``--latency quick``: seconds of timing per backend, warm-up included, shared by its figures (model x batch size)
-QUICK_BUDGET_S = 4.0
+QUICK_BUDGET_S = 2.0
 #: warm-up runs, and the default of ``--latency-runs`` (the cap in quick mode, the count in full mode)
 _LATENCY_DEFAULTS = {"quick": (1, 100), "full": (5, 20)}
 
@@ -107,7 +109,7 @@ def _run_options(p: argparse.ArgumentParser) -> None:
                      help="timed runs per figure: exactly N with --latency full (default 20), at most N with quick "
                           "(default 100)")
     run.add_argument("--latency-batch-sizes", type=int, nargs="+", default=None, metavar="B",
-                     help="batch sizes to time (default 1 32)")
+                     help="batch sizes to time (default: 1 with --latency quick, 1 32 with full)")
     run.add_argument("--onnx", action="store_true",
                      help="also time an ONNX export through ONNX Runtime on CPU (needs the [onnx] extra)")
 
@@ -183,5 +185,5 @@ def latency_plan(args: argparse.Namespace) -> LatencyPlan | None:
         return None
     warmup, default_runs = _LATENCY_DEFAULTS[args.latency]
     runs = default_runs if args.latency_runs is None else args.latency_runs
-    sizes = tuple(args.latency_batch_sizes or DEFAULT_BATCH_SIZES)
+    sizes = tuple(args.latency_batch_sizes or DEFAULT_BATCH_SIZES[args.latency])
     return LatencyPlan(args.latency, sizes, runs, warmup, QUICK_BUDGET_S if args.latency == "quick" else None)
