@@ -10,6 +10,7 @@ from pathlib import Path
 
 from .quality_calibration import calibration_section
 from .quality_pipelines_report import pipeline_section
+from .quality_recovery_report import recovery_section
 from .quality_stats import RANDOM, Cell, Comparison, cells, comparisons, mean_std
 
 #: which regimes stand in for one the sizing could not time (the recovery step was not there yet)
@@ -429,6 +430,7 @@ def write_report(rows: list[dict], cfg, out: Path, rows_path: Path, command: str
               sorted(errors.items())]
         L.append("")
 
+    L += recovery_section(table, {(b["arch"], b["seed"]): b["top1"] for b in bases})
     L += calibration_section(rows, setup)
     L += pipeline_section(rows, setup, table, len(cfg.seeds), cfg.finetune_images)
     plots = _plots(table, archs, regimes, modes, comps, out, ours) if table else []

@@ -261,3 +261,23 @@ def test_quick_mode_end_to_end_resumes_and_reports(tmp_path):
                 if r["method"] == "tp-magnitude-l2" and r["mode"] == "local"}
     assert all(r["macs_ratio"] == pytest.approx(local_l2[r["target"]]) for r in sweep)  # the cell's pruned network
     assert "## How much calibration data the recovery step needs" in (tmp_path / "quality.md").read_text()
+
+
+def test_recovery_section_computes_the_paired_differences_of_a_planted_case():
+    """Two seeds, hand-computed: reconstruct − bn = (2, 2); reconstruct+ft − ft = (3, 2.7): mean 2.85, half-width
+    t(0.975, 1) x 0.2121 / sqrt(2) = 1.906; base − reconstruct = (1, 1): within 1 pp."""
+    from benchmarks.quality_recovery_report import recovery_section
+    from benchmarks.quality_stats import Cell
+
+    values = {"none": [10, 12], "bn": [80, 81], "reconstruct": [82, 83], "ft": [85, 85.5], "reconstruct+ft": [88, 88.2]}
+    table = {("vgg", "local", 2.0, r): {"tp-magnitude-l2": Cell("vgg", "local", 2.0, r, "tp-magnitude-l2",
+                                                                 dict(enumerate(v)), 0.5, 0.5, False)}
+             for r, v in values.items()}
+    lines = recovery_section(table, {("vgg", 0): 83.0, ("vgg", 1): 84.0})
+    row = next(line for line in lines if line.startswith("| vgg | local | 2x"))
+    cols = [c.strip() for c in row.strip("|").split("|")]
+    assert cols[3] == "83.50 ± 0.71" and cols[6] == "82.50 ± 0.71"
+    assert cols[9:11] == ["+1.00 [+1.00, +1.00]", "yes"]
+    assert cols[11] == "+2.00 [+2.00, +2.00] better" and cols[13] == "+2.85 [+0.94, +4.76] better"
+    assert cols[12] == "-2.75 [-5.93, +0.43] tie"
+    assert any("better in 1, tie in 0, worse in 0 of 1" in line and "+2.85" in line for line in lines)
