@@ -10,7 +10,8 @@ variants (:data:`VARIANTS`):
 
 * ``paper``: no recovery; the fine-tune budget in the papers' structure (:class:`~entropy_importance.StageBudget`
   ``"paper"``: half of it spread over the pruning stages, half after the last one);
-* ``paper+reconstruct``: the same with ``recover="reconstruct"`` after every stage (before its fine-tune);
+* ``even``: no recovery; the budget split evenly over all stages (the same total);
+* ``paper+reconstruct``: the ``paper`` budget with ``recover="reconstruct"`` after every stage (before its fine-tune);
 * ``even+reconstruct``: recovery after every stage, the budget split evenly over all stages;
 * ``reconstruct``: recovery after every stage and no training at all (the counterpart of the cells'
   ``reconstruct`` regime).
@@ -60,6 +61,7 @@ class Variant:
 
 VARIANTS = {
     "paper": Variant(None, "paper"),
+    "even": Variant(None, "even"),
     "paper+reconstruct": Variant("reconstruct", "paper"),
     "even+reconstruct": Variant("reconstruct", "even"),
     "reconstruct": Variant("reconstruct", None),

@@ -9,11 +9,12 @@ from collections import defaultdict
 from .quality_stats import RANDOM, Cell, Interval, mean_std, paired_interval
 
 #: the one-shot reference of each variant: the cells' regime with the same recovery and the same training
-REFERENCE_REGIME = {"paper": "ft", "paper+reconstruct": "reconstruct+ft", "even+reconstruct": "reconstruct+ft",
-                    "reconstruct": "reconstruct"}
+REFERENCE_REGIME = {"paper": "ft", "even": "ft", "paper+reconstruct": "reconstruct+ft",
+                    "even+reconstruct": "reconstruct+ft", "reconstruct": "reconstruct"}
 REFERENCE = "tp-magnitude-l2"
 VARIANT_TEXT = {"paper": "no recovery, fine-tune budget in the papers' structure (half over the stages, half at the "
-                "end)", "paper+reconstruct": "recovery after every stage, the papers' budget structure",
+                "end)", "even": "no recovery, the budget split evenly over the stages",
+                "paper+reconstruct": "recovery after every stage, the papers' budget structure",
                 "even+reconstruct": "recovery after every stage, the budget split evenly over the stages",
                 "reconstruct": "recovery after every stage, no training"}
 
@@ -88,7 +89,36 @@ def pipeline_section(rows: list[dict], setup: str, table: dict[tuple, dict[str, 
             f"{r['arch']} seed {r['seed']} {r['method']} {r['target']:g}x {r['variant']}: "
             f"{(r.get('error') or '')[:120]}" for r in errors) + ".", ""]
     L += _sentences(verdicts, n_seeds)
+    L += _recovery_sentences(runs)
     return L
+
+
+#: (with recovery, without): variants that differ only in the recovery between stages
+RECOVERY_PAIRS = (("paper+reconstruct", "paper"), ("even+reconstruct", "even"))
+
+
+def _recovery_sentences(runs: dict[tuple, dict[int, dict]]) -> list[str]:
+    """Does recovery between stages help a pipeline at the same budget? Paired by base seed, per pipeline setting."""
+    out = []
+    for with_rec, without in RECOVERY_PAIRS:
+        ivs = []
+        for (arch, target, method, variant), by_seed in sorted(runs.items()):
+            other = runs.get((arch, target, method, without))
+            if variant != with_rec or other is None:
+                continue
+            iv = _interval({s: r["top1"] for s, r in by_seed.items()}, {s: r["top1"] for s, r in other.items()})
+            if iv is not None and iv.low is not None:
+                ivs.append((arch, target, method, iv))
+        if not ivs:
+            continue
+        n = {v: sum(iv.verdict == v for *_, iv in ivs) for v in ("better", "tie", "worse")}
+        lo = min(ivs, key=lambda v: v[3].mean)
+        hi = max(ivs, key=lambda v: v[3].mean)
+        out.append(f"* Recovery between stages at the same budget (*{with_rec}* − *{without}*, paired by seed): "
+                   f"better in {n['better']}, tie in {n['tie']}, worse in {n['worse']} of {len(ivs)} (arch, target, "
+                   f"pipeline) settings; from {lo[3].mean:+.2f} pp ({lo[0]} {lo[1]:g}x {lo[2]}) to "
+                   f"{hi[3].mean:+.2f} pp ({hi[0]} {hi[1]:g}x {hi[2]}).")
+    return out + [""] if out else []
 
 
 def _ms(top1: dict[int, float]) -> str:

@@ -204,6 +204,7 @@ def _advice(table: dict, comps: list[Comparison], ours: set[str], regimes: list[
         lines.append(f"An entropy criterion is better than the best built-in in {len(better)} of {len(theirs)} "
                      f"comparisons ({settings} settings): {where}. {len(worse)} comparisons are worse, the rest "
                      "ties.")
+    lines.append(_chance_line(len(theirs), len(better)))
     for m in sorted(ours):
         mine = [c for c in theirs if c.method == m]
         if mine:
@@ -241,7 +242,57 @@ def _advice(table: dict, comps: list[Comparison], ours: set[str], regimes: list[
                      f"({kind}) in {n} of {len(keys)} settings" + (
                          "; " + ", ".join(f"`{m}` in {k}" for m, k in top.most_common()[1:]) if len(top) > 1 else "")
                      + " (a tie counts for each).")
+    lines += _bottom_line(table, ours, better, len(theirs))
     return lines
+
+
+#: one side of a two-sided 95 % interval: the share of comparisons expected to read "better" by chance alone
+CHANCE_BETTER = 0.025
+
+
+def _chance_line(comparisons: int, better: int) -> str:
+    """How many "better" verdicts chance alone would give among ``comparisons`` (no correction for multiple
+    comparisons is made in the tables: this sentence puts their count in scale)."""
+    expected = CHANCE_BETTER * comparisons
+    scale = "fewer than" if better < expected - 1 else "more than" if better > expected + 1 else "about"
+    return (f"Many comparisons are made here: where no difference exists, about {CHANCE_BETTER:.1%} of 95 % "
+            f"intervals still lie above zero, so about {expected:.1f} of these {comparisons} would read *better* by "
+            f"chance alone; {better} did, {scale} that.")
+
+
+def _regime_means(table: dict, regime: str) -> dict[tuple, dict[str, float]]:
+    return {k[:3]: {m: statistics.fmean(c.top1.values()) for m, c in cs.items()} for k, cs in table.items()
+            if k[3] == regime and cs}
+
+
+def _bottom_line(table: dict, ours: set[str], better: list[Comparison], comparisons: int) -> list[str]:
+    """What matters more, the criterion or the repair after pruning (means over the tables' cells), and the advice
+    that follows from the counts above."""
+    out = []
+    none, rec = _regime_means(table, "none"), _regime_means(table, "reconstruct")
+    shared = sorted(set(none) & set(rec))
+    if shared:
+        gain = statistics.fmean(statistics.fmean(rec[k].values()) - statistics.fmean(none[k].values())
+                                for k in shared)
+        spread = statistics.fmean(max(rec[k].values()) - min(rec[k].values()) for k in shared)
+        spread_ours = [max(v for m, v in rec[k].items() if m not in ours | {RANDOM})
+                       - max(v for m, v in rec[k].items() if m in ours) for k in shared
+                       if any(m in ours for m in rec[k]) and any(m not in ours | {RANDOM} for m in rec[k])]
+        out.append(f"What matters more: over the {len(shared)} (arch, mode, target) settings, the recovery step adds "
+                   f"{gain:+.1f} pp on average (`reconstruct` − `none`, mean over methods), while after it the methods "
+                   f"(random included) span {spread:.1f} pp on average from worst to best"
+                   + (", and the best built-in leads the best entropy criterion by "
+                      f"{statistics.fmean(spread_ours):+.2f} pp on average" if spread_ours else "") + ".")
+    if len(better) <= CHANCE_BETTER * comparisons + 1:
+        out.append("So, on these networks and data: choose the channels with a Torch-Pruning built-in (the references "
+                   "above) and repair the pruned network with `recover(method=\"reconstruct\")`; no entropy criterion "
+                   "here is better often enough to be told apart from chance.")
+    else:
+        names = sorted({c.method for c in better})
+        out.append("So, on these networks and data: an entropy criterion is worth trying where it is better above ("
+                   + ", ".join(f"`{m}`" for m in names) + "), and repair the pruned network with "
+                   "`recover(method=\"reconstruct\")` whatever the criterion.")
+    return out
 
 
 def write_report(rows: list[dict], cfg, out: Path, rows_path: Path, command: str, current_code: str) -> Path:

@@ -281,3 +281,46 @@ def test_recovery_section_computes_the_paired_differences_of_a_planted_case():
     assert cols[11] == "+2.00 [+2.00, +2.00] better" and cols[13] == "+2.85 [+0.94, +4.76] better"
     assert cols[12] == "-2.75 [-5.93, +0.43] tie"
     assert any("better in 1, tie in 0, worse in 0 of 1" in line and "+2.85" in line for line in lines)
+
+
+def test_advice_puts_better_verdicts_in_scale_of_chance():
+    """A 95 % two-sided interval lies above zero 2.5 % of the time where nothing differs: 0.025 x 300 = 7.5."""
+    from benchmarks.quality_report import _chance_line
+
+    line = _chance_line(300, 1)
+    assert "about 7.5 of these 300" in line and "1 did, fewer than that" in line
+    assert "8 did, about that" in _chance_line(300, 8) and "20 did, more than that" in _chance_line(300, 20)
+
+
+def test_bottom_line_of_a_planted_table():
+    """Two settings, hand-computed: reconstruct − none over methods = ((90+91+80) − (10+20+30)) / 3 = 67 and
+    ((88+86+84) − (10+10+10)) / 3 = 76, mean 71.5; spread after it (91 − 80, 88 − 84) = 7.5; best built-in − best
+    entropy criterion = (91 − 90, 88 − 86) = +1.5."""
+    from benchmarks.quality_report import _bottom_line
+
+    values = {("vgg", "local", 2.0): {"none": (10, 20, 30), "reconstruct": (90, 91, 80)},
+              ("vgg", "local", 3.0): {"none": (10, 10, 10), "reconstruct": (86, 88, 84)}}
+    methods = ("gap-entropy", "tp-magnitude-l2", "tp-random")
+    table = {(*k, r): {m: Cell(k[0], k[1], k[2], r, m, {0: v, 1: v}, 0.5, 0.5, False)
+                       for m, v in zip(methods, vs, strict=True)}
+             for k, by_regime in values.items() for r, vs in by_regime.items()}
+    lines = _bottom_line(table, {"gap-entropy"}, [], 10)
+    assert "adds +71.5 pp" in lines[0] and "span 7.5 pp" in lines[0] and "by +1.50 pp" in lines[0]
+    assert "Torch-Pruning built-in" in lines[1] and "told apart from chance" in lines[1]
+
+
+def test_recovery_between_stages_is_paired_by_seed():
+    """paper+reconstruct − paper per seed = (5, 4, 6): mean 5, sd 1, half-width t(0.975, 2) / sqrt(3) = 2.484."""
+    from benchmarks.quality_pipelines_report import _recovery_sentences
+
+    def rows(values):
+        return {s: {"top1": v} for s, v in enumerate(values)}
+
+    runs = {("resnet20", 3.0, "pipeline:luo-wu", "paper"): rows((80, 82, 81)),
+            ("resnet20", 3.0, "pipeline:luo-wu", "paper+reconstruct"): rows((85, 86, 87)),
+            ("resnet20", 3.0, "pipeline:efp", "paper"): rows((88, 88, 88))}  # no recovered twin: not compared
+    (line, blank) = _recovery_sentences(runs)
+    assert "better in 1, tie in 0, worse in 0 of 1" in line and "+5.00 pp (resnet20 3x pipeline:luo-wu)" in line
+    assert blank == "" and _recovery_sentences({}) == []
+    iv = paired_interval([85, 86, 87], [80, 82, 81])
+    assert iv.low == pytest.approx(5 - 4.302653 / math.sqrt(3), abs=1e-5)
