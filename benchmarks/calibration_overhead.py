@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from importlib import metadata
 
 import torch
 import torch.nn.functional as F
@@ -132,7 +133,8 @@ def main(argv=None) -> list[tuple[str, dict[str, float]]]:
     args = p.parse_args(argv)
     import timm
 
-    print(f"torch {torch.__version__}, timm {timm.__version__}, Torch-Pruning {tp.__version__}, CPU threads "
+    print(f"torch {torch.__version__}, timm {timm.__version__}, Torch-Pruning {metadata.version('torch-pruning')}, "
+          "CPU threads "
           f"{torch.get_num_threads()}, {args.clock} clock, fastest of {args.repeats}")
     torch.manual_seed(0)
     results = []

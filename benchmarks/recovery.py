@@ -18,12 +18,12 @@ import json
 import platform
 import subprocess
 import time
+from importlib import metadata
 from pathlib import Path
 
 import timm
 import torch
 import torch.nn.functional as F
-import torch_pruning as tp
 
 import entropy_importance as ei
 from entropy_importance.data import fashion_mnist
@@ -67,7 +67,8 @@ def measure(name: str, size: int, images: int, batch: int) -> list[dict]:
     prune_seconds = time.perf_counter() - t
     common = {"model": name, "size": size, "images": images, "speed_up": report.speed_up,
               "params_ratio": report.params_after / report.params_before, "prune_seconds": prune_seconds,
-              "commit": _commit(), "torch": torch.__version__, "torch_pruning": tp.__version__,
+              "commit": _commit(), "torch": torch.__version__, "torch_pruning": metadata.version("torch-pruning"),
+              "torch_pruning_from": "distribution",
               "timm": timm.__version__, "machine": f"{platform.machine()} cpu x{torch.get_num_threads()}"}
     rows = [{**common, "method": "none", "heldout_error": _error(pruned, held, reference), "seconds": 0.0}]
     for method in METHODS[1:]:
@@ -77,6 +78,18 @@ def measure(name: str, size: int, images: int, batch: int) -> list[dict]:
                      "seconds": rec.seconds, "refitted": summary["refitted"],
                      "skipped": sum(r.status == "skipped" for r in rec.layers)})
     return rows
+
+
+def _provenance(rows: list[dict]) -> dict[tuple, list[str]]:
+    """The models measured under each (commit, torch, Torch-Pruning, timm, machine): rows of a model may come from
+    several runs of the benchmark."""
+    out: dict[tuple, list[str]] = {}
+    for r in rows:
+        key = tuple(r.get(k, "?") for k in ("commit", "torch", "torch_pruning", "timm", "machine"))
+        names = out.setdefault(key, [])
+        if r["model"] not in names:
+            names.append(r["model"])
+    return out
 
 
 def write_report(rows: list[dict], page: Path = PAGE) -> None:
@@ -103,10 +116,13 @@ def write_report(rows: list[dict], page: Path = PAGE) -> None:
         seconds = f"{rec['seconds']:.1f}" if rec else "-"
         lines.append(f"| {m} | {base['size']} | {base['images']} | {base['speed_up']:.2f}x | " + " | ".join(cells)
                      + f" | {seconds} | {base['prune_seconds']:.1f} |")
-    first = rows[0] if rows else {}
-    lines += ["", f"Measured with commit {first.get('commit', '?')}, torch {first.get('torch', '?')}, Torch-Pruning "
-              f"{first.get('torch_pruning', '?')}, timm {first.get('timm', '?')}, on {first.get('machine', '?')} "
-              "(seconds are wall clock on a shared 2-core machine)."]
+    lines += ["", "Measured (seconds are wall clock on a shared 2-core machine) with:", ""]
+    for (commit, torch_v, tp_v, timm_v, machine), names in _provenance(rows).items():
+        lines.append(f"* commit {commit}, torch {torch_v}, Torch-Pruning {tp_v}, timm {timm_v}, on {machine}: "
+                     + ", ".join(names))
+    if any("torch_pruning_from" not in r for r in rows):
+        lines += ["", "Rows without a `torch_pruning_from` field recorded Torch-Pruning's `__version__`, which the "
+                  "1.6.1 distribution reports as 1.6.0."]
     page.write_text("\n".join(lines) + "\n")
 
 

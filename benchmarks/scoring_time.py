@@ -26,6 +26,7 @@ import argparse
 import copy
 import time
 import warnings
+from importlib import metadata
 
 import torch
 import torch_pruning as tp
@@ -161,7 +162,8 @@ def main(argv=None) -> dict[str, dict[str, tuple[float, float, float]]]:
     args = p.parse_args(argv)
     import timm
 
-    print(f"torch {torch.__version__}, timm {timm.__version__}, Torch-Pruning {tp.__version__}, CPU threads "
+    print(f"torch {torch.__version__}, timm {timm.__version__}, Torch-Pruning {metadata.version('torch-pruning')}, "
+          "CPU threads "
           f"{torch.get_num_threads()}, {args.input_size} px, {args.clock} clock, fastest of {args.repeats}")
     results = {}
     for model_name in args.models:
