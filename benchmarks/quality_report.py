@@ -3,6 +3,7 @@ number on the page is read or computed from a row; nothing is typed in)."""
 
 from __future__ import annotations
 
+import json
 import statistics
 import time
 from collections import Counter, defaultdict
@@ -12,6 +13,10 @@ from .quality_calibration import calibration_section
 from .quality_pipelines_report import pipeline_section
 from .quality_recovery_report import recovery_section
 from .quality_stats import RANDOM, Cell, Comparison, cells, comparisons, mean_std
+
+#: code versions declared to give the results of a later one (a change that cannot move any row's number, or whose
+#: affected rows were run again): ``[{"code", "same_results_as", "changed", "why"}]``, read by the report only
+EQUIVALENCE = Path(__file__).with_name("quality_equivalent_code.json")
 
 #: which regimes stand in for one the sizing could not time (the recovery step was not there yet)
 SUBSTITUTES = {"reconstruct": "bn", "reconstruct+ft": "ft"}
@@ -295,9 +300,31 @@ def _bottom_line(table: dict, ours: set[str], better: list[Comparison], comparis
     return out
 
 
-def write_report(rows: list[dict], cfg, out: Path, rows_path: Path, command: str, current_code: str) -> Path:
-    """Write ``out/quality.md`` (and its PNG plots) from ``rows`` of configuration ``cfg``; returns the page."""
+def equivalent_codes(current: str, declarations: list[dict]) -> dict[str, dict]:
+    """The code versions whose rows count as ``current``'s, each with the declaration that links it (followed
+    transitively: ``a`` same as ``b``, ``b`` same as ``current``)."""
+    same: dict[str, dict | None] = {current: None}
+    grew = True
+    while grew:
+        grew = False
+        for d in declarations:
+            if d["same_results_as"] in same and d["code"] not in same:
+                same[d["code"]] = d
+                grew = True
+    return {c: d for c, d in same.items() if d is not None}
+
+
+def read_declarations(path: Path = EQUIVALENCE) -> list[dict]:
+    return json.loads(path.read_text()) if path.exists() else []
+
+
+def write_report(rows: list[dict], cfg, out: Path, rows_path: Path, command: str, current_code: str,
+                 declarations: list[dict] | None = None) -> Path:
+    """Write ``out/quality.md`` (and its PNG plots) from ``rows`` of configuration ``cfg``; returns the page.
+    ``declarations`` (default: :data:`EQUIVALENCE`) say which other code versions give the current code's
+    results; their rows are not marked as other code, and the page quotes each declaration it used."""
     out.mkdir(parents=True, exist_ok=True)
+    declared = equivalent_codes(current_code, read_declarations() if declarations is None else declarations)
     REGIME_TEXT["ft-long"] = f"{cfg.finetune_long_epochs:g} epoch(s) of the training split of fine-tuning"
     REGIME_TEXT["reconstruct"] = f"the recovery step, `entropy_importance.recover(method=\"{cfg.recover_method}\")`"
     ours = _ours()
@@ -307,7 +334,8 @@ def write_report(rows: list[dict], cfg, out: Path, rows_path: Path, command: str
     cell_rows = [r for r in mine if r.get("kind") == "cell"]
     bases = sorted((r for r in rows if r.get("kind") == "base" and r.get("config") == cfg.name
                     and r["setup_base"] == cfg.base_id(r["arch"])), key=lambda r: (r["arch"], r["seed"]))
-    table = cells(cell_rows, current_code)
+    table = cells([{**r, "code": current_code} if r.get("code") in declared else r for r in cell_rows],
+                  current_code)
     archs = [a for a in cfg.archs if any(k[0] == a for k in table)] or list(cfg.archs)
     regimes = [r for r in ("none", "bn", "reconstruct", "reconstruct+ft", "ft", "ft-long")
                if any(k[3] == r for k in table)]
@@ -317,7 +345,8 @@ def write_report(rows: list[dict], cfg, out: Path, rows_path: Path, command: str
     by = {(c.key, c.method): c for c in comps}
     sessions = [r for r in mine if r.get("kind") == "session"]
     commits = Counter((r.get("code"), (r.get("commit") or "?")[:10], r.get("dirty")) for r in cell_rows)
-    stale = sum(1 for r in cell_rows if r.get("code") != current_code)
+    stale = sum(1 for r in cell_rows if r.get("code") != current_code and r.get("code") not in declared)
+    used = Counter(r.get("code") for r in cell_rows if r.get("code") in declared)
     devices = Counter(r.get("device") for r in cell_rows)
     versions = Counter(tuple(sorted(r.get("versions", {}).items())) for r in cell_rows)
 
@@ -336,6 +365,11 @@ def write_report(rows: list[dict], cfg, out: Path, rows_path: Path, command: str
               f"`{current_code}`); the cells they enter are marked †. Code versions in the rows: "
               + ", ".join(f"`{c}` (commit {h}{', uncommitted changes' if d else ''}): {n} rows"
                           for (c, h, d), n in commits.most_common()) + ".", ""]
+    for code, n in used.most_common():
+        d = declared[code]
+        L += [f"{n} result rows of code `{code}` count as the current code's (`{current_code}`), as declared in "
+              f"`benchmarks/{EQUIVALENCE.name}`: since then {', '.join(f'`{f}`' for f in d.get('changed', []))} "
+              f"changed; {d['why']}", ""]
     if other_setups:
         L += [f"{other_setups} result rows of other setups (another schedule or size) are in the file and not used "
               "here.", ""]

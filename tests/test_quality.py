@@ -324,3 +324,21 @@ def test_recovery_between_stages_is_paired_by_seed():
     assert blank == "" and _recovery_sentences({}) == []
     iv = paired_interval([85, 86, 87], [80, 82, 81])
     assert iv.low == pytest.approx(5 - 4.302653 / math.sqrt(3), abs=1e-5)
+
+
+def test_declared_result_equivalent_code_is_not_marked_and_is_quoted(tmp_path):
+    from benchmarks.quality_report import equivalent_codes
+
+    chain = [{"code": "old", "same_results_as": "mid", "changed": ["a.py"], "why": "a comment."},
+             {"code": "mid", "same_results_as": "now", "changed": ["b.py"], "why": "a rename."},
+             {"code": "elsewhere", "same_results_as": "other", "changed": [], "why": "unrelated."}]
+    assert set(equivalent_codes("now", chain)) == {"old", "mid"}  # transitive, and only towards "now"
+    assert equivalent_codes("mid", chain) == {"old": chain[0]}
+    cfg = replace(quality.FULL, archs=("vgg",), modes=("local",), targets=(2.0,), regimes=("none", "ft"))
+    page = write_report(_rows(cfg, 0.0), cfg, tmp_path, tmp_path / "quality.jsonl", "cmd", "now",
+                        declarations=chain).read_text()
+    assert "come from other code" not in page and "†" not in page
+    assert "2 result rows of code `old` count as the current code's (`now`)" in page and "`a.py` changed" in page
+    page = write_report(_rows(cfg, 0.0), cfg, tmp_path, tmp_path / "quality.jsonl", "cmd", "now",
+                        declarations=chain[1:]).read_text()
+    assert "**2 of 36 result rows come from other code**" in page.replace("\n", " ") and "†" in page
