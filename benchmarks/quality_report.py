@@ -234,17 +234,16 @@ def _advice(table: dict, comps: list[Comparison], ours: set[str], regimes: list[
         lines.append(f"Every method is better than random selection in every one of the {n} settings with an "
                      "interval.")
     for regime in regimes:
-        keys = [k for k in table if k[3] == regime]
-        if not keys:
+        by_setting = _regime_means(table, regime)
+        if not by_setting:
             continue
         top: Counter = Counter()
-        for k in keys:
-            means = {m: statistics.fmean(c.top1.values()) for m, c in table[k].items()}
+        for means in by_setting.values():
             top.update(m for m, v in means.items() if v == max(means.values()))  # a tie counts for each
         (best, n), *_ = top.most_common()
         kind = "an entropy criterion" if best in ours else "a Torch-Pruning built-in"
         lines.append(f"After `{regime}` ({REGIME_TEXT.get(regime, regime)}), the highest mean top-1 is `{best}` "
-                     f"({kind}) in {n} of {len(keys)} settings" + (
+                     f"({kind}) in {n} of {len(by_setting)} settings" + (
                          "; " + ", ".join(f"`{m}` in {k}" for m, k in top.most_common()[1:]) if len(top) > 1 else "")
                      + " (a tie counts for each).")
     lines += _bottom_line(table, ours, better, len(theirs))
